@@ -1,0 +1,4 @@
+"""odc: a model compiler for deep learning."""
+__version__ = "0.1.0"
+
+from odc.errors import CompileError, OdcError  # noqa: E402,F401

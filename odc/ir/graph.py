@@ -1,0 +1,173 @@
+"""The graph IR.
+
+A `Graph` is one function: a networkx `DiGraph` whose nodes are integer ids, each carrying a
+`Node` (op name, ordered operand ids, attributes, result `TensorType`, source span). Edges run
+from operand to user and exist for traversal; the operand *order* lives in `Node.args` (an
+operand used twice, as in ``x * x``, appears twice there and once as an edge).
+
+Function arguments are nodes with op ``input`` (data fed per call), ``param`` (trainable
+parameters) or ``state`` (optimizer state); their `name` is the user-visible name.
+`outputs` is an ordered list of ``(name, node id)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Union
+
+import networkx as nx
+
+from odc.errors import Span
+
+Dim = Union[int, str]  # a concrete size or a symbol such as "N"
+
+DTYPES = ("f32", "f64", "f16", "bf16", "i32", "i64", "u8")
+FLOAT_DTYPES = ("f32", "f64", "f16", "bf16")
+ARG_OPS = ("input", "param", "state")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    @property
+    def is_concrete(self) -> bool:
+        return all(isinstance(d, int) for d in self.shape)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            if not isinstance(d, int):
+                raise ValueError(f"{self} has a symbolic size")
+            n *= d
+        return n
+
+    def with_shape(self, shape: Iterable[Dim]) -> "TensorType":
+        return replace(self, shape=tuple(shape))
+
+    def substitute(self, bindings: dict[str, int]) -> "TensorType":
+        return self.with_shape(bindings.get(d, d) if isinstance(d, str) else d for d in self.shape)
+
+    def __str__(self) -> str:
+        return f"{self.dtype}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass
+class Node:
+    id: int
+    op: str
+    args: tuple[int, ...] = ()
+    attrs: dict[str, Any] = field(default_factory=dict)
+    type: TensorType | None = None
+    span: Span | None = None
+    name: str | None = None
+
+
+class Graph:
+    def __init__(self, name: str):
+        self.name = name
+        self.nx = nx.DiGraph()
+        self.outputs: list[tuple[str, int]] = []
+        self.meta: dict[str, Any] = {}  # e.g. the train recipe, the source file
+        self._next_id = 0
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, op: str, args: Iterable[int] = (), attrs: dict | None = None,
+            type: TensorType | None = None, span: Span | None = None, name: str | None = None) -> int:
+        nid = self._next_id
+        self._next_id += 1
+        args = tuple(args)
+        for a in args:
+            if a not in self.nx:
+                raise KeyError(f"operand %{a} of new {op} node is not in the graph")
+        self.nx.add_node(nid, node=Node(nid, op, args, dict(attrs or {}), type, span, name))
+        for a in args:
+            self.nx.add_edge(a, nid)
+        return nid
+
+    def set_args(self, nid: int, args: Iterable[int]) -> None:
+        node = self.node(nid)
+        for a in set(node.args):
+            self.nx.remove_edge(a, nid)
+        node.args = tuple(args)
+        for a in node.args:
+            self.nx.add_edge(a, nid)
+
+    def replace_uses(self, old: int, new: int) -> None:
+        """Make every user of `old` (and every output) use `new` instead."""
+        for user in list(self.nx.successors(old)):
+            self.set_args(user, (new if a == old else a for a in self.node(user).args))
+        self.outputs = [(n, new if v == old else v) for n, v in self.outputs]
+
+    def remove(self, nid: int) -> None:
+        if any(True for _ in self.nx.successors(nid)):
+            raise ValueError(f"node %{nid} still has users")
+        self.nx.remove_node(nid)
+
+    # -- queries ----------------------------------------------------------------------------
+    def node(self, nid: int) -> Node:
+        return self.nx.nodes[nid]["node"]
+
+    def type(self, nid: int) -> TensorType:
+        return self.node(nid).type
+
+    def users(self, nid: int) -> list[int]:
+        return sorted(self.nx.successors(nid))
+
+    def __contains__(self, nid: int) -> bool:
+        return nid in self.nx
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def order(self) -> list[int]:
+        """Node ids in a deterministic topological order (ties broken by id)."""
+        return list(nx.lexicographical_topological_sort(self.nx))
+
+    def nodes(self) -> list[Node]:
+        return [self.node(i) for i in self.order()]
+
+    def args_of(self, kind: str | None = None) -> list[Node]:
+        """Function arguments (``input``/``param``/``state`` nodes) in creation order."""
+        kinds = ARG_OPS if kind is None else (kind,)
+        return [self.node(i) for i in sorted(self.nx.nodes) if self.node(i).op in kinds]
+
+    def inputs(self) -> list[Node]:
+        return self.args_of("input")
+
+    def params(self) -> list[Node]:
+        return self.args_of("param")
+
+    def output(self, name: str) -> int:
+        for n, v in self.outputs:
+            if n == name:
+                return v
+        raise KeyError(name)
+
+    def copy(self) -> "Graph":
+        g = Graph(self.name)
+        g.nx = nx.DiGraph()
+        for i in self.nx.nodes:
+            n = self.node(i)
+            g.nx.add_node(i, node=replace(n, attrs=dict(n.attrs)))
+        g.nx.add_edges_from(self.nx.edges)
+        g.outputs = list(self.outputs)
+        g.meta = dict(self.meta)
+        g._next_id = self._next_id
+        return g
+
+    def __str__(self) -> str:
+        from odc.ir.printer import print_graph
+        return print_graph(self)

@@ -1,0 +1,7 @@
+"""The pass pipeline, in order, in one place.
+
+Each pass is a module with a `name` and a `run(graph, ...) -> graph` that returns a new graph.
+"""
+from odc.ir.passes import dce, shape_infer
+
+PIPELINE = [shape_infer, dce]

@@ -1,0 +1,69 @@
+"""The textual form of the IR, read back by `odc.ir.textparse`.
+
+    func @LeNet5(
+        input %image: f32[N, 1, 28, 28]  loc(models/lenet5.od:4:5),
+        param %conv2d1.weight: f32[6, 1, 5, 5] {init=kaiming}  loc(models/lenet5.od:5:14),
+        ...
+    ) {
+      %0 = conv2d(%image, %conv2d1.weight, %conv2d1.bias) {pad=2, stride=1} : f32[N, 6, 28, 28]  loc(models/lenet5.od:5:14)
+      ...
+      return %9 as logits
+    }
+
+Arguments print by name; other values are numbered in print order, so the text depends only on
+the graph's structure and not on internal node ids.
+"""
+from __future__ import annotations
+
+import re
+
+from odc.ir.graph import Graph, Node
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+def format_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(format_value(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return v if _IDENT.match(v) and v not in ("true", "false") else '"' + v.replace('"', '\\"') + '"'
+    return str(v)
+
+
+def format_attrs(attrs: dict) -> str:
+    if not attrs:
+        return ""
+    return " {" + ", ".join(f"{k}={format_value(attrs[k])}" for k in sorted(attrs)) + "}"
+
+
+def _loc(node: Node) -> str:
+    return f"  loc({node.span})" if node.span is not None else ""
+
+
+def print_graph(g: Graph) -> str:
+    names: dict[int, str] = {}
+    args = g.args_of()
+    for a in args:
+        names[a.id] = f"%{a.name}"
+    lines = [f"func @{g.name}("]
+    for a in args:
+        lines.append(f"    {a.op} %{a.name}: {a.type}{format_attrs(a.attrs)}{_loc(a)},")
+    lines.append(") {")
+    counter = 0
+    for nid in g.order():
+        n = g.node(nid)
+        if nid in names:
+            continue
+        names[nid] = f"%{counter}"
+        counter += 1
+        operands = ", ".join(names[a] for a in n.args)
+        ty = f" : {n.type}" if n.type is not None else ""
+        lines.append(f"  {names[nid]} = {n.op}({operands}){format_attrs(n.attrs)}{ty}{_loc(n)}")
+    if g.outputs:
+        lines.append("  return " + ", ".join(f"{names[v]} as {format_value(k)}" for k, v in g.outputs))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
