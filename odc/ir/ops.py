@@ -290,7 +290,7 @@ def _reshape_infer(ts, attrs):
 
 
 def _reshape_ref(x, attrs):
-    return x.reshape([x.shape[0] if isinstance(d, str) else d for d in attrs["shape"]])
+    return x.reshape([-1 if isinstance(d, str) else d for d in attrs["shape"]])  # one symbol at most
 
 
 register("reshape", _reshape_infer, _reshape_ref)

@@ -1,0 +1,57 @@
+"""The IR verifier: structural invariants every pass must preserve.
+
+Checks that the graph is acyclic; every op is registered; every node's operands exist and its
+edges match its operand list; every node has a type and that type is what the op's type rule
+gives for its operands (after any symbol bindings); argument names are unique; outputs name
+existing nodes. Violations are compiler bugs, reported as `IRVerificationError`.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from odc.ir import ops
+from odc.ir.graph import ARG_OPS, Graph
+
+
+class IRVerificationError(Exception):
+    pass
+
+
+def verify(g: Graph) -> Graph:
+    problems = []
+    if not nx.is_directed_acyclic_graph(g.nx):
+        problems.append("the graph has a cycle")
+    names = set()
+    for nid in g.nx.nodes:
+        n = g.node(nid)
+        where = f"%{nid} ({n.op})"
+        if n.id != nid:
+            problems.append(f"{where}: node id {n.id} differs from its key")
+        if n.op not in ops.OPS:
+            problems.append(f"{where}: unknown op")
+            continue
+        if n.type is None:
+            problems.append(f"{where}: no type")
+        missing = [a for a in n.args if a not in g.nx]
+        if missing:
+            problems.append(f"{where}: operands {missing} are not in the graph")
+            continue
+        if set(g.nx.predecessors(nid)) != set(n.args):
+            problems.append(f"{where}: edges {sorted(g.nx.predecessors(nid))} differ from operands {list(n.args)}")
+        if n.op in ARG_OPS:
+            if not n.name or n.name in names:
+                problems.append(f"{where}: argument name {n.name!r} missing or repeated")
+            names.add(n.name)
+        elif n.type is not None and all(g.type(a) is not None for a in n.args):
+            try:
+                t = ops.get(n.op).infer([g.type(a) for a in n.args], n.attrs)
+                if t != n.type:
+                    problems.append(f"{where}: type {n.type} but its operands give {t}")
+            except ops.ShapeError as e:
+                problems.append(f"{where}: {e.message}")
+    for name, v in g.outputs:
+        if v not in g.nx:
+            problems.append(f"output {name} names missing node %{v}")
+    if problems:
+        raise IRVerificationError(f"IR of @{g.name} is malformed:\n  " + "\n  ".join(problems))
+    return g
