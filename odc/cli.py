@@ -25,7 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = []
+def _register_data(sub):
+    p = sub.add_parser("data", help="list the data sets odc finds, or fetch EMNIST")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    ls = actions.add_parser("list", help="show which data sets are found where")
+    ls.add_argument("--data", metavar="DIR", help="look in DIR first, as compile-and-train --data does")
+    ls.set_defaults(func=lambda args: print(_data().describe_data(args.data)))
+    fetch = actions.add_parser("fetch", help="download and unpack EMNIST (about 560 MB)")
+    fetch.add_argument("dataset", choices=["emnist"])
+    fetch.add_argument("--url", help="the zip archive to download (default: the official NIST archive)")
+    fetch.add_argument("--sha256", metavar="HEX", help="its expected SHA-256 (required with --url)")
+    fetch.add_argument("--dest", metavar="DIR",
+                       help="unpack into DIR/emnist (default: $ODC_DATA_HOME or ~/.cache/odc/data)")
+    fetch.set_defaults(func=lambda args: print(
+        f"EMNIST unpacked into {_data().fetch_emnist(args.dest, args.url, args.sha256)}"))
+
+
+def _data():
+    from odc.runtime import data
+    return data
+
+
+COMMANDS = [_register_data]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,1 @@
+"""The runtime: data sets, the training loop, checkpoints."""
