@@ -53,8 +53,9 @@ class Diagnostic:
             if text:
                 end = s.end_col if s.end_line == s.line else len(text) + 1
                 width = max(1, end - s.col)
-                out.append(f"    {text}")
-                out.append("    " + " " * (s.col - 1) + "^" + "~" * (width - 1))
+                out.append(text)
+                pad = "".join(c if c == "\t" else " " for c in text[:s.col - 1])
+                out.append(pad + "^" + "~" * (width - 1))
         if self.hint:
             out.append(f"hint: {self.hint}")
         return "\n".join(out)
