@@ -4,7 +4,9 @@ A type rule takes the operand types and the attributes and returns the result ty
 `ShapeError` with a message in the user's terms (the caller attaches the source span). A numpy
 reference takes operand arrays and attributes and returns the result array; it is the oracle
 for the interpreter and for every compiled kernel. `vjp` rules (reverse-mode derivatives) are
-attached to the same `OpDef`s by `odc.ir.vjp`.
+attached to the same `OpDef`s by `odc.ir.vjp`; besides `sign`, the ops they need are at the end
+of this file (`broadcast_to`, `conv2d_grad_input`, `conv2d_grad_weight`, `maxpool2d_grad`,
+`avgpool2d_grad`).
 """
 from __future__ import annotations
 
@@ -42,6 +44,11 @@ def register(name: str, infer, ref, elementwise: bool = False) -> OpDef:
 
 def get(name: str) -> OpDef:
     return OPS[name]
+
+
+# numpy dtypes of the IR's element types (bf16 has none; the interpreter computes it in f32)
+NP_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "bf16": np.float32,
+             "i32": np.int32, "i64": np.int64, "u8": np.uint8}
 
 
 # -- helpers for type rules -----------------------------------------------------------------
@@ -128,6 +135,7 @@ _unary("log", np.log)
 _unary("sqrt", np.sqrt)
 _unary("abs", np.abs)
 _unary("neg", np.negative)
+_unary("sign", np.sign)  # used by the derivatives of relu, abs and max
 
 
 def _binary(name: str, fn):
@@ -345,7 +353,17 @@ def log_softmax_ref(x, attrs):
 
 register("softmax", _axis_infer("softmax"), lambda x, attrs: np.exp(log_softmax_ref(x, attrs)))
 register("log_softmax", _axis_infer("log_softmax"), log_softmax_ref)
-register("dropout", _axis_infer("dropout"), lambda x, attrs: x)  # identity outside training
+
+
+def _dropout_infer(ts, attrs):
+    require_float(ts[0], "dropout")
+    if not 0 <= attrs.get("p", 0.5) < 1:
+        raise ShapeError(f"dropout probability p must be in [0, 1), got {attrs['p']}")
+    return ts[0]
+
+
+# identity outside training; autodiff turns it into a product with a random mask
+register("dropout", _dropout_infer, lambda x, attrs: x)
 
 
 # -- losses ---------------------------------------------------------------------------------
@@ -380,7 +398,94 @@ def _one_hot_infer(ts, attrs):
 
 
 register("one_hot", _one_hot_infer,
-         lambda y, attrs: np.eye(attrs["classes"], dtype=np.float32)[y])
+         lambda y, attrs: np.eye(attrs["classes"], dtype=NP_DTYPES[attrs.get("dtype", "f32")])[y])
+
+
+# -- backward ops (made by autodiff) --------------------------------------------------------
+def _broadcast_to_infer(ts, attrs):
+    x, shape = ts[0], tuple(attrs["shape"])
+    if broadcast_shapes(x.shape, shape) != shape:
+        raise ShapeError(f"cannot broadcast {x} to [{', '.join(map(str, shape))}]")
+    return x.with_shape(shape)
+
+
+register("broadcast_to", _broadcast_to_infer,
+         lambda x, attrs: np.broadcast_to(x, attrs["shape"]).copy())
+
+
+def _conv2d_grad_input_infer(ts, attrs):
+    """conv2d_grad_input(dy, w) {stride, pad, size=[H, W]}: the gradient of conv2d wrt its input."""
+    dy, w = ts
+    return dy.with_shape((dy.shape[0], w.shape[1], *attrs["size"]))
+
+
+def conv2d_grad_input_ref(dy, w, attrs):
+    s, p = attrs.get("stride", 1), attrs.get("pad", 0)
+    (h, wd), (kh, kw) = attrs["size"], w.shape[2:]
+    ho, wo = dy.shape[2:]
+    dx = np.zeros((dy.shape[0], w.shape[1], h + 2 * p, wd + 2 * p), dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += \
+                np.einsum("nohw,oc->nchw", dy, w[:, :, i, j], optimize=True)
+    return dx[:, :, p:p + h, p:p + wd]
+
+
+register("conv2d_grad_input", _conv2d_grad_input_infer, conv2d_grad_input_ref)
+
+
+def _conv2d_grad_weight_infer(ts, attrs):
+    """conv2d_grad_weight(dy, x) {stride, pad, kernel=[kh, kw]}: the gradient wrt the weight."""
+    dy, x = ts
+    return dy.with_shape((dy.shape[1], x.shape[1], *attrs["kernel"]))
+
+
+def conv2d_grad_weight_ref(dy, x, attrs):
+    s, p = attrs.get("stride", 1), attrs.get("pad", 0)
+    x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    win = sliding_window_view(x, tuple(attrs["kernel"]), axis=(2, 3))[:, :, ::s, ::s]
+    return np.einsum("nchwij,nohw->ocij", win, dy, optimize=True).astype(dy.dtype, copy=False)
+
+
+register("conv2d_grad_weight", _conv2d_grad_weight_infer, conv2d_grad_weight_ref)
+
+
+def _maxpool2d_grad_ref(dy, x, attrs):
+    """Each window's gradient goes to its first maximum in row-major order (as in PyTorch)."""
+    k = attrs["kernel"]
+    s = attrs.get("stride", k)
+    win = _windows(x, attrs)
+    n, c, ho, wo = win.shape[:4]
+    first = win.reshape(n, c, ho, wo, k * k).argmax(axis=-1)
+    rows = np.arange(ho)[:, None] * s + first // k
+    cols = np.arange(wo)[None, :] * s + first % k
+    dx = np.zeros_like(x)
+    np.add.at(dx, (np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols), dy)
+    return dx
+
+
+# maxpool2d_grad(dy, x) {kernel, stride}: the gradient of maxpool2d wrt x, typed as x
+register("maxpool2d_grad", lambda ts, attrs: ts[1], _maxpool2d_grad_ref)
+
+
+def _avgpool2d_grad_infer(ts, attrs):
+    """avgpool2d_grad(dy) {kernel, stride, size=[H, W]}: the gradient of avgpool2d."""
+    dy = ts[0]
+    return dy.with_shape((*dy.shape[:2], *attrs["size"]))
+
+
+def _avgpool2d_grad_ref(dy, attrs):
+    k = attrs["kernel"]
+    s = attrs.get("stride", k)
+    ho, wo = dy.shape[2:]
+    dx = np.zeros((*dy.shape[:2], *attrs["size"]), dy.dtype)
+    for i in range(k):
+        for j in range(k):
+            dx[:, :, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s] += dy / (k * k)
+    return dx
+
+
+register("avgpool2d_grad", _avgpool2d_grad_infer, _avgpool2d_grad_ref)
 
 
 def evaluate(op: str, args: list[np.ndarray], attrs: dict[str, Any]) -> np.ndarray:

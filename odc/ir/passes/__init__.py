@@ -2,6 +2,6 @@
 
 Each pass is a module with a `name` and a `run(graph, ...) -> graph` that returns a new graph.
 """
-from odc.ir.passes import dce, shape_infer
+from odc.ir.passes import autodiff, dce, inference, optimizer, shape_infer
 
-PIPELINE = [shape_infer, dce]
+PIPELINE = [shape_infer, dce, inference, autodiff, optimizer]

@@ -1,0 +1,110 @@
+"""Automatic differentiation: the forward graph becomes a loss-and-gradients graph.
+
+1. Training mode: every `dropout(x) {p}` becomes `mul(x, %dropoutK.mask)`, where the mask is a
+   new `input` (attribute `dropout=p`) that the runtime draws for each step: each element is 0
+   with probability p and 1/(1-p) otherwise, as in PyTorch. Every `batchnorm2d` (which
+   normalises with the batch's statistics) gets the running-statistics states of the inference
+   pass, and their next values become outputs `new.<state>`.
+2. The loss: a new `input %label: i32[N]` and, on the model's output (the logits),
+   `cross_entropy(logits, label)` (the batch mean of -log_softmax(logits)[label], computed with
+   a stable log-sum-exp) or `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
+   with a float `input %target` of the logits' type instead.
+3. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
+   order and each node's VJP rule (`odc.ir.vjp`) turns the gradient of its result into
+   gradients of its operands. A value used several times gets the sum of the contributions
+   (`add`). Only values that depend on a parameter and are floats get gradients. Every leaf is
+   its own node, so two parameters are never merged, whatever their values; a parameter that
+   the loss does not depend on gets a zero gradient.
+4. Outputs: `loss`, `logits`, `grad.<param>` for each parameter in declaration order, then the
+   running statistics' `new.<state>`. Nodes
+   built by the rules that no output needs (the gradient of the image) are removed (DCE).
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from odc.errors import CompileError, Diagnostic, OdcError
+from odc.ir import ops
+from odc.ir.graph import ARG_OPS, Graph, TensorType
+from odc.ir.passes import dce, inference
+from odc.ir.vjp import Emit, count, gradient
+
+name = "autodiff"
+LOSSES = ("cross_entropy", "mse")
+
+
+def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
+    """`loss` defaults to the train block's."""
+    g = g.copy()
+    loss = loss or g.meta.get("recipe", {}).get("loss", "cross_entropy")
+    if loss not in LOSSES:
+        raise OdcError(f"unknown loss '{loss}'; odc knows {', '.join(LOSSES)}")
+    _dropout_masks(g)
+    running = _running_stats(g)
+    logits = g.outputs[0][1]
+    lt = g.type(logits)
+    e = Emit(g, g.node(logits).span)
+    if loss == "mse" and target == "float":
+        y = g.add("input", type=lt, name="target")
+    else:
+        if lt.rank != 2:
+            raise OdcError(f"{loss} with integer labels needs [batch, classes] logits; the model "
+                           f"returns {lt}")
+        y = g.add("input", type=TensorType("i32", lt.shape[:1]), name="label")
+        if loss == "mse":
+            y = e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)
+    value = e(loss, logits, y)
+    grads = backprop(g, value, [p.id for p in g.params()])
+    g.outputs = [("loss", value), ("logits", logits)]
+    for p in g.params():
+        gp = grads.get(p.id)
+        if gp is None:
+            gp = e("broadcast_to", e.const(0, p.type.dtype), shape=list(p.type.shape))
+        g.outputs.append((f"grad.{p.name}", gp))
+    g.outputs += running
+    return dce.run(g)
+
+
+def _dropout_masks(g: Graph) -> None:
+    for k, nid in enumerate([i for i in g.order() if g.node(i).op == "dropout"], start=1):
+        n = g.node(nid)
+        mask = g.add("input", attrs={"dropout": n.attrs.get("p", 0.5)}, type=n.type, span=n.span,
+                     name=f"dropout{k}.mask")
+        g.replace_uses(nid, g.add("mul", (n.args[0], mask), type=n.type, span=n.span))
+        g.remove(nid)
+
+
+def _running_stats(g: Graph) -> list[tuple[str, int]]:
+    out = []
+    for bn in [g.node(i) for i in g.order() if g.node(i).op == "batchnorm2d"]:
+        e = Emit(g, bn.span)
+        x, axes, dt = bn.args[0], [0, 2, 3], g.type(bn.args[0]).dtype
+        mean = e("mean", x, axis=axes)
+        xc = e("sub", x, e("reshape", mean, shape=[1, g.type(mean).shape[0], 1, 1]))
+        n_minus_1 = e("sub", count(e, g.type(x).shape, axes, dt), e.const(1, dt))
+        var = e("div", e("sum", e("mul", xc, xc), axis=axes), n_minus_1)
+        for state, batch in zip(inference.running_stats(g, bn), (mean, var)):
+            new = e("add", e("mul", state, e.const(1 - inference.MOMENTUM, dt)),
+                    e("mul", batch, e.const(inference.MOMENTUM, dt)))
+            out.append((f"new.{g.node(state).name}", new))
+    return out
+
+
+def backprop(g: Graph, loss: int, wrt: list[int]) -> dict[int, int]:
+    """Add the gradient of scalar `loss` wrt each node in `wrt` to `g`; returns {node: gradient}
+    for those the loss depends on."""
+    varying = set(wrt).union(*(nx.descendants(g.nx, w) for w in wrt))
+    needed = {i for i in varying & (nx.ancestors(g.nx, loss) | {loss}) if g.type(i).is_float}
+    order = g.order()
+    grad = {loss: Emit(g, g.node(loss).span).const(1, g.type(loss).dtype)}
+    for nid in reversed(order):
+        n = g.node(nid)
+        if nid not in grad or n.op in ARG_OPS:
+            continue
+        if ops.get(n.op).vjp is None:
+            raise CompileError(Diagnostic(f"odc cannot differentiate {n.op}", n.span))
+        for a, ga in zip(n.args, gradient(g, n, nid, grad[nid])):
+            if ga is None or a not in needed:
+                continue
+            grad[a] = ga if a not in grad else Emit(g, n.span)("add", grad[a], ga)
+    return {w: grad[w] for w in wrt if w in grad}

@@ -1,0 +1,183 @@
+"""Fusion: group nodes that code generation emits as one kernel (one loop nest).
+
+Two kinds of group:
+- an *elementwise* group: elementwise nodes (``relu``, ``add``, ...) of one result shape; the
+  kernel computes every member at an index in registers and writes to memory only the
+  members used outside the group (or returned). Operands from outside may broadcast.
+- an *anchor* group: one op whose kernel computes its result slice by slice along dim 0
+  (convolutions, products, pooling and their gradients: `ANCHORS`) followed by an
+  elementwise *epilogue* of the anchor's result shape (bias + ReLU, the ReLU mask of a
+  gradient, an optimizer update); the epilogue runs on each slice right after the anchor
+  wrote it, while it is still in cache.
+
+Algorithm: every node starts in a group of its own; two groups merge when both have the same
+result shape and dtype (an elementwise group's, or its anchor's), at most one has an anchor,
+no member would be an ancestor of the anchor (the epilogue runs after it), and the graph of
+groups stays acyclic: no path may leave the merged set and come back into it (a search from
+the set's outside successors). Two walks propose merges:
+1. consumers first, in reverse topological order: an elementwise node whose users are all
+   elementwise nodes of one group joins that group. It is then computed where it is used and
+   never stored (the ReLU mask of a gradient is recomputed from the stored activation
+   instead of being written in the forward pass and read back);
+2. producers, in topological order: an elementwise node joins the group of each operand
+   (a bias + ReLU joins its convolution, an optimizer update the product giving the
+   gradient).
+Scalar ``const`` operands are not grouped: kernels inline them as immediates. Alias ops
+(``reshape``, ``dropout``) are views of their operand's memory and never run code.
+
+The result is an annotation: every member of a group of two or more nodes gets the attribute
+``fuse=K`` (K counts groups in topological order). `groups` reads it back and is what
+memory planning and code generation use: the groups in execution order, each with the
+members it stores.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from odc.ir import ops
+from odc.ir.graph import ARG_OPS, Graph
+
+name = "fuse"
+
+ANCHORS = ("conv2d", "conv2d_grad_input", "linear", "matmul", "maxpool2d", "avgpool2d",
+           "maxpool2d_grad", "avgpool2d_grad")
+ALIASES = ("reshape", "dropout")  # views of their first operand; no code
+
+
+def is_elementwise(g: Graph, nid: int) -> bool:
+    """An op computed index by index (``broadcast_to`` too: each result element is an operand
+    element) on floats."""
+    n = g.node(nid)
+    return (ops.get(n.op).elementwise or n.op == "broadcast_to") and n.type.dtype in ("f32", "f64")
+
+
+def inlined_const(g: Graph, nid: int) -> bool:
+    """A scalar const that every user reads as an immediate (no memory, no kernel)."""
+    n = g.node(nid)
+    return (n.op == "const" and all(is_elementwise(g, u) for u in g.users(nid))
+            and nid not in {v for _, v in g.outputs})
+
+
+def base_of(g: Graph, nid: int) -> int:
+    """The node whose memory an alias chain views (the node itself if it is no alias)."""
+    while g.node(nid).op in ALIASES:
+        nid = g.node(nid).args[0]
+    return nid
+
+
+def run(g: Graph) -> Graph:
+    g = g.copy()
+    order = g.order()
+    group = {}  # node -> representative of its group
+    members: dict[int, list[int]] = {}
+    for nid in order:
+        n = g.node(nid)
+        if n.op in ARG_OPS or n.op in ALIASES or n.op == "const":
+            continue
+        n.attrs.pop("fuse", None)
+        group[nid] = nid
+        members[nid] = [nid]
+
+    def kind(rep):
+        """(anchor or None, the group's shape and dtype), or None for a group of one op that
+        neither is elementwise nor takes an epilogue."""
+        anchor = next((m for m in members[rep] if g.node(m).op in ANCHORS), None)
+        if anchor is None and not all(is_elementwise(g, m) for m in members[rep]):
+            return None
+        return anchor, g.type(anchor if anchor is not None else rep)
+
+    def merge(keep: int, other: int) -> None:
+        """Merges group `other` into group `keep` if that is legal."""
+        ka, kb = kind(keep), kind(other)
+        if ka is None or kb is None or ka[1] != kb[1] or (ka[0] is not None and kb[0] is not None):
+            return
+        merged = set(members[keep]) | set(members[other])
+        anchor = ka[0] if ka[0] is not None else kb[0]
+        if _leaves_and_returns(g, merged) or (anchor is not None and nx.ancestors(g.nx, anchor) & merged):
+            return
+        members[keep].extend(members.pop(other))
+        for m in members[keep]:
+            group[m] = keep
+
+    for nid in reversed(order):  # into the one group that uses the value
+        users = g.users(nid)
+        if nid in group and is_elementwise(g, nid) and users and all(
+                u in group and is_elementwise(g, u) for u in users):
+            targets = {group[u] for u in users}
+            if len(targets) == 1 and group[nid] not in targets:
+                merge(targets.pop(), group[nid])
+    for nid in order:  # into the group of an operand
+        if nid in group and is_elementwise(g, nid):
+            for a in dict.fromkeys(g.node(nid).args):
+                if a in group and group[a] != group[nid]:
+                    merge(group[a], group[nid])
+    k = 0
+    position = {nid: i for i, nid in enumerate(order)}
+    for rep in sorted(members, key=lambda r: min(position[m] for m in members[r])):
+        if len(members[rep]) > 1:
+            for m in members[rep]:
+                g.node(m).attrs["fuse"] = k
+            k += 1
+    return g
+
+
+def _leaves_and_returns(g: Graph, merged: set[int]) -> bool:
+    """True if some path leaves `merged` and re-enters it (merging would create a cycle)."""
+    stack = [s for m in merged for s in g.nx.successors(m) if s not in merged]
+    seen = set(stack)
+    while stack:
+        u = stack.pop()
+        for s in g.nx.successors(u):
+            if s in merged:
+                return True
+            if s not in seen:
+                seen.add(s)
+                stack.append(s)
+    return False
+
+
+@dataclass
+class Group:
+    """One kernel: its members in topological order, its anchor if any, what it stores."""
+    nodes: list[int]
+    anchor: int | None
+    stored: list[int]
+
+    @property
+    def epilogue(self) -> list[int]:
+        return [m for m in self.nodes if m != self.anchor]
+
+
+def groups(g: Graph) -> list[Group]:
+    """The kernels of `g` in execution order (from the ``fuse`` annotations; unfused nodes
+    are groups of one). Alias nodes and inlined consts have no kernel."""
+    order = g.order()
+    position = {nid: i for i, nid in enumerate(order)}
+    key_of: dict[int, object] = {}
+    by_key: dict[object, list[int]] = {}
+    for nid in order:
+        n = g.node(nid)
+        if n.op in ARG_OPS or n.op in ALIASES or inlined_const(g, nid):
+            continue
+        key_of[nid] = ("fuse", n.attrs["fuse"]) if "fuse" in n.attrs else nid
+        by_key.setdefault(key_of[nid], []).append(nid)
+    quotient = nx.DiGraph()
+    quotient.add_nodes_from(by_key)
+    for v in key_of:
+        for a in g.node(v).args:
+            a = base_of(g, a)
+            if a in key_of and key_of[a] != key_of[v]:
+                quotient.add_edge(key_of[a], key_of[v])
+    first = {k: position[ms[0]] for k, ms in by_key.items()}
+    outputs = {v for _, v in g.outputs}
+    result = []
+    for k in nx.lexicographical_topological_sort(quotient, key=first.__getitem__):
+        nodes = by_key[k]
+        member = set(nodes)
+        anchor = next((m for m in nodes if g.node(m).op in ANCHORS), None)
+        stored = [m for m in nodes
+                  if m == anchor or m in outputs or any(u not in member for u in g.users(m))]
+        result.append(Group(nodes, anchor, stored))
+    return result

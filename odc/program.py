@@ -1,0 +1,197 @@
+"""The public Python API: `odc.load(path)` gives a `Program`; `Program.compile()` a `Model`.
+
+A `Model` holds the parameters and the state (optimizer state, batchnorm running statistics) as
+numpy arrays, and three graphs made by the pass pipeline from the program's forward graph:
+*forward* (after `inference`: logits), *grads* (after `autodiff`: loss, logits and gradients)
+and *train* (after `optimizer`: one training step). Each
+graph is written for a symbolic batch size; at each call it is specialised to the batch it is
+given (shape inference with the symbol bound), compiled by the model's executor once per batch
+size, and run. An executor is any function from a graph with concrete shapes to a function from
+argument arrays (by name) to output arrays (by name): the numpy reference interpreter
+(`odc.runtime.interp.compile_graph`) or compiled code.
+
+Parameters are drawn from their `init` attributes with the recipe's seed (PyTorch's default
+initialisation, which the front end writes as `uniform` bounds for the layers' parameters).
+Dropout masks are drawn from the same seeded generator at each training call (`train_step`,
+`loss_and_grads`); `forward` has no dropout.
+"""
+from __future__ import annotations
+
+from math import prod, sqrt
+from typing import Callable
+
+import numpy as np
+
+from odc.errors import OdcError, SourceFile
+from odc.ir import ops
+from odc.ir.graph import Graph, Node
+from odc.ir.passes import PIPELINE, shape_infer
+from odc.runtime import interp
+
+# the recipe of a model without a train block
+DEFAULT_RECIPE = {"data": None, "loss": "cross_entropy", "optimizer": {"name": "sgd", "lr": 0.01},
+                  "epochs": 1, "batch": 32, "seed": 0}
+# the passes each kind of graph skips
+KINDS = {"forward": ("autodiff", "optimizer"), "grads": ("inference", "optimizer"),
+         "train": ("inference",)}
+Executor = Callable[[Graph], Callable[[dict], dict]]
+
+
+def load(path, model: str | None = None) -> "Program":
+    """Parse and check an .od file. `model` picks one of several models; by default the file's
+    only model, or else the only one with a train block."""
+    from odc.frontend import parse_file
+    module = parse_file(path)
+    if model is None:
+        trained = [m for m in module.models if m in module.recipes]
+        choices = list(module.models) if len(module.models) == 1 else trained
+        if len(choices) != 1:
+            raise OdcError(f"{path}: error: the file has {len(module.models)} models "
+                           f"({', '.join(module.models)}) and {len(trained)} train blocks; pick a model\n"
+                           f"hint: odc.load(path, model=NAME), or --model NAME on the command line")
+        model = choices[0]
+    return Program(module.lower(model), module.source)
+
+
+class Program:
+    def __init__(self, graph: Graph, source: SourceFile | None = None):
+        self.graph = graph  # the forward graph, as lowered by the front end
+        self.source = source
+        self.name = graph.name
+        # the train block as a dict (see odc.frontend.Recipe.as_dict); may be edited before compile()
+        self.recipe = dict(graph.meta.get("recipe") or DEFAULT_RECIPE)
+
+    def stages(self, kind: str = "train", **options) -> list[tuple[str, Graph]]:
+        """The graph after each pass of the pipeline, for a graph of `kind` (see KINDS);
+        `options` maps a pass name to more keyword arguments of its `run`."""
+        options = {"autodiff": {"loss": self.recipe["loss"]},
+                   "optimizer": {"optimizer": self.recipe["optimizer"]}} | options
+        g = self.graph
+        out = []
+        for p in PIPELINE:
+            if p.name not in KINDS[kind]:
+                g = p.run(g, **options.get(p.name, {}))
+                out.append((p.name, g))
+        return out
+
+    def lower(self, kind: str = "train", **options) -> Graph:
+        return self.stages(kind, **options)[-1][1]
+
+    def ir(self, after: str | None = None, format: str = "text") -> str:
+        """The IR of the training step after the pass `after` (default: the last), or after each
+        pass with "all". After `inference`, which only the forward graph goes through, the
+        forward graph's."""
+        from odc.ir.dot import to_dot
+        names = [p.name for p in PIPELINE]
+        if after not in (None, "all", *names):
+            raise OdcError(f"no pass named '{after}'; the passes are {', '.join(names)}")
+        stages = self.stages("forward" if after in KINDS["train"] else "train")
+        show = to_dot if format == "dot" else str
+        if after == "all":
+            return "".join(f"// after {n}\n{show(g)}" for n, g in stages)
+        return show(dict(stages)[after or stages[-1][0]])
+
+    def compile(self, executor: Executor | None = None, seed: int | None = None) -> "Model":
+        return Model(self, executor or interp.compile_graph,
+                     self.recipe.get("seed", 0) if seed is None else seed)
+
+
+def init_param(p: Node, rng: np.random.Generator) -> np.ndarray:
+    """A parameter's (or state's) initial value from its `init` attribute: zeros, ones, normal (std),
+    uniform (lo, hi), kaiming (as torch.nn.init.kaiming_uniform_: U(±sqrt(6 / fan_in))) or
+    xavier (as xavier_uniform_: U(±sqrt(6 / (fan_in + fan_out)))), with fan_in the product of
+    the sizes after the first and fan_out = size 0 times the sizes after the second."""
+    a, shape = p.attrs, p.type.shape
+    init = a.get("init", "zeros")
+    fan_in = prod(shape[1:])
+    fan_out = shape[0] * prod(shape[2:]) if len(shape) > 1 else fan_in
+    bounds = {"kaiming": sqrt(6 / fan_in), "xavier": sqrt(6 / (fan_in + fan_out))}
+    if init in ("zeros", "ones"):
+        value = np.full(shape, float(init == "ones"))
+    elif init == "normal":
+        value = rng.normal(0, a.get("std", 1.0), shape)
+    elif init == "uniform":
+        value = rng.uniform(a.get("lo", 0.0), a.get("hi", 1.0), shape)
+    elif init in bounds:
+        value = rng.uniform(-bounds[init], bounds[init], shape)
+    else:
+        raise OdcError(f"parameter {p.name}: unknown initialisation '{init}'")
+    return value.astype(ops.NP_DTYPES[p.type.dtype])
+
+
+class Model:
+    def __init__(self, program: Program, executor: Executor, seed: int):
+        self.program = program
+        self._executor = executor
+        self._graphs: dict[tuple, Graph] = {}
+        self._compiled: dict[tuple, Callable] = {}
+        self._rng = np.random.default_rng(seed)
+        train = self._graph("train")
+        self.params = {p.name: init_param(p, self._rng) for p in train.params()}
+        self.state = {s.name: init_param(s, self._rng) for s in train.args_of("state")}
+
+    # -- the public entry points ------------------------------------------------------------
+    def forward(self, x) -> np.ndarray:
+        """Logits for a batch of inputs of any size."""
+        return self._run("forward", x)["logits"]
+
+    def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
+        """The loss on a batch and its gradient wrt each parameter (declaration order). `y`
+        holds integer labels, or, for mse, float targets shaped like the logits."""
+        out = self._run("grads", x, y)
+        return float(out["loss"]), {k: out[f"grad.{k}"] for k in self.params}
+
+    def train_step(self, x, y) -> float:
+        """One optimizer step on a batch; updates `params` and `state` in place and returns the
+        loss before the step."""
+        out = self._run("train", x, y)
+        for k, v in (*self.params.items(), *self.state.items()):
+            v[...] = out[f"new.{k}"]
+        return float(out["loss"])
+
+    def save(self, path) -> None:
+        from odc.runtime.checkpoint import Checkpoint, save
+        prog = self.program
+        if prog.source is None:
+            raise OdcError("only a model loaded from an .od file can be saved")
+        save(path, Checkpoint(prog.name, prog.source.text, prog.source.path, dict(self.params),
+                              dict(self.state), recipe=prog.recipe))
+
+    # -- machinery --------------------------------------------------------------------------
+    def _graph(self, kind: str, target: str = "label") -> Graph:
+        key = (kind, target)
+        if key not in self._graphs:
+            self._graphs[key] = self.program.lower(
+                kind, autodiff={"loss": self.program.recipe["loss"], "target": target})
+        return self._graphs[key]
+
+    def _run(self, kind: str, x, y=None) -> dict[str, np.ndarray]:
+        target = "float" if y is not None and np.asarray(y).dtype.kind == "f" else "label"
+        g = self._graph(kind, target)
+        image = g.inputs()[0]
+        feeds = {image.name: np.asarray(x, ops.NP_DTYPES[image.type.dtype])}
+        if y is not None:
+            feeds.update(self._targets(g, y))
+        bindings = interp.bindings(g, feeds)
+        for m in g.inputs():
+            if "dropout" in m.attrs:
+                p = m.attrs["dropout"]
+                keep = self._rng.random(m.type.substitute(bindings).shape) >= p
+                feeds[m.name] = (keep / (1 - p)).astype(ops.NP_DTYPES[m.type.dtype])
+        key = (kind, target, tuple(sorted(bindings.items())))
+        if key not in self._compiled:
+            self._compiled[key] = self._executor(shape_infer.run(g, bindings))
+        return self._compiled[key]({**feeds, **self.params, **self.state})
+
+    def _targets(self, g: Graph, y) -> dict[str, np.ndarray]:
+        y = np.asarray(y)
+        names = {a.name: a for a in g.inputs()}
+        if "target" in names:
+            return {"target": y.astype(ops.NP_DTYPES[names["target"].type.dtype])}
+        classes = g.type(g.output("logits")).shape[1]
+        if y.dtype.kind not in "iu":
+            raise OdcError(f"labels must be integers, got an array of {y.dtype}")
+        if y.size and (y.min() < 0 or y.max() >= classes):
+            raise OdcError(f"label {y.min() if y.min() < 0 else y.max()} is out of range for a model "
+                           f"with {classes} classes")
+        return {"label": y.astype(np.int32)}

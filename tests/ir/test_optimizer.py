@@ -1,0 +1,89 @@
+"""The optimizer pass: state arguments, outputs, updates made of elementwise ops only, and the
+first steps of each optimizer against formulas written out in numpy (whole models against
+torch.optim are in tests/test_torch_oracle.py)."""
+import numpy as np
+import pytest
+
+from odc.errors import OdcError
+from odc.ir.graph import Graph, TensorType
+from odc.ir.passes import autodiff, optimizer
+from odc.ir.verify import verify
+from odc.runtime import interp
+
+
+def grads_graph():
+    g = Graph("M")
+    x = g.add("input", type=TensorType("f32", ("N", 3)), name="x")
+    w = g.add("param", type=TensorType("f32", (3, 2)), name="w")
+    b = g.add("param", type=TensorType("f32", (2,)), name="b")
+    h = g.add("matmul", (x, w), type=TensorType("f32", ("N", 2)))
+    g.outputs = [("logits", g.add("add", (h, b), type=TensorType("f32", ("N", 2))))]
+    return autodiff.run(g)
+
+
+RNG = np.random.default_rng(0)
+FEEDS = {"x": RNG.standard_normal((5, 3)), "label": RNG.integers(0, 2, 5), "w": RNG.standard_normal((3, 2)),
+         "b": RNG.standard_normal(2)}
+
+
+def step(spec, state=None, params=None):
+    g = verify(optimizer.run(grads_graph(), spec))
+    state = state or {s.name: np.zeros(s.type.shape) for s in g.args_of("state")}
+    return interp.run(g, {**FEEDS, **(params or {}), **state}, np.float64), g
+
+
+def test_signature_and_outputs():
+    _, g = step({"name": "adam", "lr": 0.1})
+    assert [(s.name, str(s.type)) for s in g.args_of("state")] == [
+        ("step", "f32[]"), ("w.exp_avg", "f32[3, 2]"), ("w.exp_avg_sq", "f32[3, 2]"),
+        ("b.exp_avg", "f32[2]"), ("b.exp_avg_sq", "f32[2]")]
+    assert [n for n, _ in g.outputs] == ["loss", "logits", "new.w", "new.b", "new.step", "new.w.exp_avg",
+                                          "new.w.exp_avg_sq", "new.b.exp_avg", "new.b.exp_avg_sq"]
+    _, g = step({"name": "sgd", "lr": 0.1})
+    assert g.args_of("state") == []
+    _, g = step({"name": "sgd", "lr": 0.1, "momentum": 0.5})
+    assert [s.name for s in g.args_of("state")] == ["w.momentum_buffer", "b.momentum_buffer"]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_updates_are_elementwise_ops(name):
+    before = grads_graph()
+    after = optimizer.run(before, {"name": name, "lr": 0.1, "weight_decay": 0.1})
+    new_ops = {n.op for n in after.nodes()} - {n.op for n in before.nodes()}
+    assert new_ops <= {"state", "const", "add", "sub", "mul", "div", "sqrt", "exp"}
+
+
+def test_sgd_with_momentum_and_weight_decay():
+    g = interp.run(grads_graph(), FEEDS, np.float64)
+    spec = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01}
+    out, _ = step(spec)
+    buf = g["grad.w"] + 0.01 * FEEDS["w"]
+    np.testing.assert_allclose(out["new.w.momentum_buffer"], buf, rtol=1e-12)
+    np.testing.assert_allclose(out["new.w"], FEEDS["w"] - 0.1 * buf, rtol=1e-12)
+    # the second step, from the new params and state, uses the momentum
+    params = {"w": out["new.w"], "b": out["new.b"]}
+    state = {"w.momentum_buffer": out["new.w.momentum_buffer"], "b.momentum_buffer": out["new.b.momentum_buffer"]}
+    out2, _ = step(spec, state, params)
+    g2 = interp.run(grads_graph(), {**FEEDS, **params}, np.float64)
+    buf2 = 0.9 * buf + g2["grad.w"] + 0.01 * params["w"]
+    np.testing.assert_allclose(out2["new.w"], params["w"] - 0.1 * buf2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_first_step_moves_each_weight_by_lr(decoupled):
+    """At step 1 the bias-corrected m / sqrt(v) is g / |g|: every weight moves by lr against
+    its gradient's sign (after the decoupled decay for adamw)."""
+    g = interp.run(grads_graph(), FEEDS, np.float64)
+    out, _ = step({"name": "adamw" if decoupled else "adam", "lr": 0.1, "eps": 0.0,
+                   "weight_decay": 0.5 if decoupled else 0.0})
+    start = FEEDS["w"] * (1 - 0.1 * 0.5) if decoupled else FEEDS["w"]
+    np.testing.assert_allclose(out["new.w"], start - 0.1 * np.sign(g["grad.w"]), rtol=1e-10)
+    assert out["new.step"] == 1
+    np.testing.assert_allclose(out["new.w.exp_avg_sq"], 0.001 * g["grad.w"] ** 2, rtol=1e-10)
+
+
+def test_bad_optimizer_specs():
+    with pytest.raises(OdcError, match="unknown optimizer 'rmsprop'"):
+        optimizer.run(grads_graph(), {"name": "rmsprop", "lr": 0.1})
+    with pytest.raises(OdcError, match="sgd has no option beta1"):
+        optimizer.run(grads_graph(), {"name": "sgd", "lr": 0.1, "beta1": 0.9})
