@@ -1,0 +1,86 @@
+"""The JIT disk cache: object code keyed by everything that determines it.
+
+Key = SHA-256 of the canonical IR text (after fusion and memory planning, so their choices
+are in it), the code generation options, the odc version, a hash of the compiler's own
+source (so an edited compiler never loads stale code), the LLVM version and the host CPU name
+and features. No modification times are involved. An entry is ``KEY.o`` (the object file)
+and ``KEY.json`` (how to call it), written atomically, under ``$ODC_CACHE_DIR/jit``
+(default ``~/.cache/odc/jit``). ``ODC_ALWAYS_COMPILE=1`` bypasses the cache.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import odc
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ODC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "odc")
+    return Path(root) / "jit"
+
+
+def enabled() -> bool:
+    return os.environ.get("ODC_ALWAYS_COMPILE", "") not in ("1", "true", "yes")
+
+
+@functools.lru_cache(maxsize=None)
+def compiler_hash() -> str:
+    """Hash of the source files that turn IR into machine code."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted((root / "codegen").rglob("*.py")) + [root / "ir" / "passes" / "fuse.py",
+                                                          root / "ir" / "passes" / "plan_memory.py"]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def key(ir_text: str, options: dict, llvm_version: str, cpu: str, features: str) -> str:
+    h = hashlib.sha256()
+    for part in (ir_text, json.dumps(options, sort_keys=True), odc.__version__, compiler_hash(),
+                 llvm_version, cpu, features):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def load(k: str) -> tuple[bytes, dict] | None:
+    if not enabled():
+        return None
+    d = cache_dir()
+    try:
+        meta = json.loads((d / f"{k}.json").read_text())
+        obj = (d / f"{k}.o").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return obj, meta
+
+
+def store(k: str, obj: bytes, meta: dict) -> None:
+    if not enabled():
+        return
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        for name, data in ((f"{k}.o", obj), (f"{k}.json", json.dumps(meta).encode())):
+            fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, d / name)
+    except OSError:
+        pass  # a read-only or full disk only costs a recompile next time
+
+
+def clear() -> int:
+    """Delete every cached entry; returns how many there were."""
+    d = cache_dir()
+    n = len(list(d.glob("*.o"))) if d.is_dir() else 0
+    shutil.rmtree(d, ignore_errors=True)
+    return n

@@ -1,0 +1,70 @@
+"""Op lowerings: each turns one node (or a fused group) into a `Kernel`.
+
+`LOWER` maps an op name to ``lower(graph, node id) -> Kernel``. An anchor's kernel computes
+slices ``[lo, hi)`` of dim 0 of its result, so a fused group runs the anchor on a slice and
+then its elementwise epilogue on the same slice.
+"""
+from __future__ import annotations
+
+from odc.codegen.builder import I1, VOID, KernelBuilder
+from odc.codegen.lower import Kernel
+from odc.errors import OdcError
+from odc.ir.graph import Graph
+from odc.ir.passes.fuse import Group, is_elementwise
+from odc.ir.passes.plan_memory import nbytes, output_owners
+
+LOWER = {}
+
+
+def lowering(*names):
+    def register(fn):
+        for n in names:
+            LOWER[n] = fn
+        return fn
+    return register
+
+
+from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: E402,F401
+
+
+def lower_group(g: Graph, grp: Group) -> Kernel:
+    first = g.node(grp.nodes[0])
+    if grp.anchor is None and (first.op == "const" or is_elementwise(g, grp.nodes[0])):
+        return elementwise.kernel(g, grp.nodes, grp.stored)
+    head = grp.anchor if grp.anchor is not None else grp.nodes[0]
+    node = g.node(head)
+    if node.op not in LOWER:
+        raise OdcError(f"the compiler cannot generate code for {node.op} yet")
+    if node.type.dtype not in ("f32",) and node.op not in layout.ANY_DTYPE:
+        raise OdcError(f"the compiler generates {node.op} for f32 tensors only, got {node.type}")
+    k = LOWER[node.op](g, head)
+    epilogue = [m for m in grp.nodes if m != head]
+    if not epilogue:
+        return k
+    ep = elementwise.kernel(g, epilogue, [m for m in grp.stored if m != head], rows=True)
+    assert k.extent == ep.extent, (k.extent, ep.extent)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        k.emit(kb, lo, hi)
+        ep.emit(kb, lo, hi)
+
+    return Kernel(k.values + ep.values, k.extent, k.cost + ep.cost, emit, k.scratch, k.status,
+                  k.names + ep.names)
+
+
+def output_copies(g: Graph) -> list[Kernel]:
+    """Copies into returned arrays that no kernel writes directly (a returned argument, a
+    view, a value returned under two names)."""
+    owners = output_owners(g)
+    kernels = []
+    for name, v in g.outputs:
+        if owners.get(v) == name:
+            continue
+        size = nbytes(g, v)
+
+        def emit(kb: KernelBuilder, lo, hi, v=v, name=name, size=size):
+            kb.call("llvm.memcpy.p0.p0.i64", VOID,
+                    [kb.ptr(("out", name)), kb.ptr(v), kb.i64(size), kb.const(0, I1)])
+
+        kernels.append(Kernel([v, ("out", name)], 1, size / 16, emit, names=["copy"]))
+    return kernels

@@ -1,0 +1,178 @@
+"""Matrix products with register-blocked micro-kernels in explicit 512-bit vectors.
+
+Two register tiles cover the products a training step needs:
+- `outer_product`: ``acc[r][v] += A[r, k] * B[k, v-th vector of columns]`` — MR rows of A
+  broadcast against NV vectors of a row of B, for B contiguous along the output columns
+  (``matmul``, and the direct convolution in `conv`, whose "B" is the input image).
+- `dot_tile`: ``acc[r][c] += A[r, j:j+16] * B[c, j:j+16]`` then a horizontal sum — for two
+  operands contiguous along the reduction, as in ``linear`` (x @ w.T with w stored [out, in]),
+  which needs no transposed copy of the weight this way.
+Tiles are sized to keep all accumulators in the 32 vector registers with enough of them
+independent to hide FMA latency. Partial vectors use masked loads and stores (no reads past
+a buffer). A kernel's parallel range is the rows of its result; each thread walks its rows
+in full MR-row blocks, then single rows.
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from llvmlite import ir
+
+from odc.codegen.builder import VW, KernelBuilder, vec
+from odc.codegen.kernels import lowering
+from odc.codegen.lower import Kernel
+from odc.ir.graph import Graph
+
+
+def outer_product(kb: KernelBuilder, a_ptrs, loops, b_load, nv: int):
+    """Σ over the loop nest ``loops`` = [(extent, a_step, b_step)] of
+    ``splat(a_ptrs[r][k·a_steps]) * b_load(v, k·b_steps)``: MR×NV vector accumulators."""
+    zero = ir.Constant(vec(VW), None)
+    accs = [[kb.var(vec(VW), zero, "acc") for _ in range(nv)] for _ in a_ptrs]
+    with ExitStack() as stack:
+        a_off, b_off = 0, 0
+        for extent, a_step, b_step in loops:
+            k = stack.enter_context(kb.loop(0, extent, name="k"))
+            a_off, b_off = kb.add(a_off, kb.mul(k, a_step)), kb.add(b_off, kb.mul(k, b_step))
+        bs = [b_load(v, b_off) for v in range(nv)]
+        for r, ap in enumerate(a_ptrs):
+            a = kb.splat(kb.load(ap, a_off))
+            for v in range(nv):
+                kb.set(accs[r][v], kb.fma(a, bs[v], kb.get(accs[r][v])))
+    return [[kb.get(acc) for acc in row] for row in accs]
+
+
+def dot_tile(kb: KernelBuilder, a_ptrs, b_ptrs, length: int):
+    """``Σ_j a_ptrs[r][j] * b_ptrs[c][j]`` for j < length: MR×NR scalars."""
+    zero = ir.Constant(vec(VW), None)
+    accs = [[kb.var(vec(VW), zero, "acc") for _ in b_ptrs] for _ in a_ptrs]
+
+    def step(j, mask):
+        av = [kb.vload(p, j, mask=mask) for p in a_ptrs]
+        bv = [kb.vload(p, j, mask=mask) for p in b_ptrs]
+        for r in range(len(a_ptrs)):
+            for c in range(len(b_ptrs)):
+                kb.set(accs[r][c], kb.fma(av[r], bv[c], kb.get(accs[r][c])))
+
+    full = length // VW
+    if full:
+        with kb.loop(0, full * VW, VW, name="j") as j:
+            step(j, None)
+    if length % VW:
+        step(full * VW, kb.mask(VW, length % VW))
+    return [[kb.hsum(kb.get(acc)) for acc in row] for row in accs]
+
+
+def row_blocks(kb: KernelBuilder, lo, hi, mr: int, tile) -> None:
+    """Calls ``tile(first row, rows)`` on full blocks of `mr` rows of [lo, hi), then on
+    single rows."""
+    b = kb.b
+    span = b.sub(hi, lo)
+    full = b.sub(span, b.srem(span, kb.i64(mr)))
+    with kb.loop(0, b.sdiv(full, kb.i64(mr)), name="rb") as blk:
+        tile(kb.add(lo, kb.mul(blk, mr)), mr)
+    with kb.loop(kb.add(lo, full), hi, name="r") as r:
+        tile(r, 1)
+
+
+def col_tiles(kb: KernelBuilder, n: int, nv: int, tile) -> None:
+    """Calls ``tile(first column, vectors, lanes in the last vector)`` over n columns: full
+    tiles of nv vectors in a loop, then the remainder."""
+    width = nv * VW
+    if n // width:
+        with kb.loop(0, n // width * width, width, name="ct") as c0:
+            tile(c0, nv, VW)
+    rest = n % width
+    if rest:
+        tile(n // width * width, -(-rest // VW), rest % VW or VW)
+
+
+def contiguous_b(kb: KernelBuilder, ptr, lanes_last: int, nv: int):
+    """A `b_load` for rows of B contiguous along the columns; masks the last partial vector."""
+    mask = kb.mask(VW, lanes_last) if lanes_last < VW else None
+    return lambda v, off: kb.vload(ptr, kb.add(off, v * VW), mask=mask if v == nv - 1 else None)
+
+
+def store_tile(kb: KernelBuilder, accs, c_ptrs, lanes_last: int, bias=None):
+    """Stores accumulator rows (adding a per-row scalar `bias[r]` if given)."""
+    nv = len(accs[0])
+    for r, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            if bias is not None:
+                acc = kb.b.fadd(acc, kb.splat(bias[r]))
+            kb.vstore(acc, c_ptrs[r], v * VW, mask=kb.mask(VW, lanes_last) if v == nv - 1 and lanes_last < VW else None)
+
+
+def tile_shape(m: int, n: int) -> tuple[int, int]:
+    """(MR, NV) for an outer-product tile over m rows and n columns."""
+    nv = 1 if n <= VW else 2
+    mr = min(m, 24 // nv)
+    blocks = -(-m // mr)
+    return -(-m // blocks), nv
+
+
+@lowering("matmul")
+def matmul(g: Graph, nid: int) -> Kernel:
+    """C[M, N] = A[M, K] @ B[K, N] (A's leading dims flattened into M)."""
+    node = g.node(nid)
+    a, bm = node.args
+    k, n = g.type(bm).shape
+    out = node.type.shape
+    rows_per = 1
+    for d in out[1:-1]:
+        rows_per *= d
+    m = out[0] * rows_per
+    mr, nv_max = tile_shape(m, n)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        def tile(r0, rows):
+            a_ptrs = [kb.gep(kb.ptr(a), kb.mul(kb.add(r0, r), k)) for r in range(rows)]
+            c_ptrs = [kb.gep(kb.ptr(nid), kb.mul(kb.add(r0, r), n)) for r in range(rows)]
+
+            def cols(c0, nv, lanes):
+                b_load = contiguous_b(kb, kb.gep(kb.ptr(bm), c0), lanes, nv)
+                accs = outer_product(kb, a_ptrs, [(k, 1, n)], b_load, nv)
+                store_tile(kb, accs, [kb.gep(p, c0) for p in c_ptrs], lanes)
+            col_tiles(kb, n, nv_max, cols)
+
+        row_blocks(kb, kb.mul(lo, rows_per), kb.mul(hi, rows_per), mr, tile)
+
+    return Kernel([a, bm, nid], out[0], m * n * k / 24, emit, names=["matmul"])
+
+
+@lowering("linear")
+def linear(g: Graph, nid: int) -> Kernel:
+    """y[B, O] = x[B, I] @ w[O, I].T (+ b): dot tiles along I."""
+    node = g.node(nid)
+    x, w = node.args[:2]
+    bias = node.args[2] if len(node.args) == 3 else None
+    rows, inner = g.type(x).shape
+    outs = g.type(w).shape[0]
+    mr, nr = 4, 4
+
+    def emit(kb: KernelBuilder, lo, hi):
+        def tile(r0, nrows):
+            x_ptrs = [kb.gep(kb.ptr(x), kb.mul(kb.add(r0, r), inner)) for r in range(nrows)]
+            y_ptrs = [kb.gep(kb.ptr(nid), kb.mul(kb.add(r0, r), outs)) for r in range(nrows)]
+
+            def block(o0, ncols):
+                w_ptrs = [kb.gep(kb.ptr(w), kb.mul(kb.add(o0, c), inner)) for c in range(ncols)]
+                sums = dot_tile(kb, x_ptrs, w_ptrs, inner)
+                for r in range(nrows):
+                    for c in range(ncols):
+                        s = sums[r][c]
+                        if bias is not None:
+                            s = kb.b.fadd(s, kb.load(kb.ptr(bias), kb.add(o0, c)))
+                        kb.store(s, y_ptrs[r], kb.add(o0, c))
+
+            if outs // nr:
+                with kb.loop(0, outs // nr * nr, nr, name="o") as o0:
+                    block(o0, nr)
+            if outs % nr:
+                block(outs // nr * nr, outs % nr)
+
+        row_blocks(kb, lo, hi, mr, tile)
+
+    values = [x, w, nid] + ([bias] if bias is not None else [])
+    return Kernel(values, rows, rows * outs * inner / 24, emit, names=["linear"])
+

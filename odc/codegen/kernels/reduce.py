@@ -1,0 +1,244 @@
+"""Reductions and normalisations: sum/mean/max, softmax, log_softmax, cross_entropy, mse,
+batchnorm2d.
+
+`sum`/`mean`/`max` walk the input once in memory order, folding each element into its
+output slot: the input's dims are collapsed into alternating runs of kept and reduced dims,
+so a reduction over the last axis is a vectorized horizontal reduction (floats reassociate)
+and one over a leading axis is a vectorized accumulation into a row of outputs. Softmax-like
+ops subtract the row maximum before exponentiating (numerically stable) and accumulate
+losses in double precision.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from odc.codegen.builder import F32, F64, I32, REASSOC, VW, KernelBuilder, llvm_type, vec
+from odc.codegen.kernels import lowering
+from odc.codegen.kernels.elementwise import contiguous_strides, loop_nest
+from odc.codegen.lower import Kernel
+from odc.ir import ops
+from odc.ir.graph import Graph
+
+
+@lowering("sum", "mean", "max")
+def reduction(g: Graph, nid: int) -> Kernel:
+    node = g.node(nid)
+    (x,) = node.args
+    shape = g.type(x).shape
+    axes = ops.axes_of(node.attrs, len(shape))
+    runs: list[list] = []  # [extent, reduced]
+    for i, d in enumerate(shape):
+        if d == 1:
+            continue
+        if runs and runs[-1][1] == (i in axes):
+            runs[-1][0] *= d
+        else:
+            runs.append([d, i in axes])
+    extents = [e for e, _ in runs]
+    in_strides = contiguous_strides(extents)
+    kept = contiguous_strides([e for e, r in runs if not r])
+    out_strides, j = [], 0
+    for _, red in runs:
+        out_strides.append(0 if red else kept[j])
+        j += not red
+    count = 1
+    for i in axes:
+        count *= shape[i]
+    split = bool(runs) and not runs[0][1]
+    inner = runs[1:] if split else runs
+    block = 1
+    for e, red in inner:
+        block *= 1 if red else e
+    op = node.op
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        init = kb.const(float("-inf") if op == "max" else 0.0)
+
+        def unit(obase, ibase):
+            out = kb.gep(kb.ptr(nid), obase)
+            inp = kb.gep(kb.ptr(x), ibase)
+            with kb.loop(0, block) as t:
+                kb.store(init, out, t)
+
+            def body(off):
+                acc, v = kb.load(out, off[1]), kb.load(inp, off[0])
+                kb.store(kb.maximum(acc, v) if op == "max" else b.fadd(acc, v, flags=REASSOC), out, off[1])
+
+            k = len(runs) - len(inner)
+            loop_nest(kb, extents[k:], [in_strides[k:], out_strides[k:]], 0, extents[k] if inner else 1,
+                      None, body)
+            if op == "mean":
+                with kb.loop(0, block) as t:
+                    kb.store(b.fdiv(kb.load(out, t), kb.const(float(count))), out, t)
+
+        if split:
+            with kb.loop(lo, hi) as i0:
+                unit(kb.mul(i0, out_strides[0]), kb.mul(i0, in_strides[0]))
+        else:
+            unit(0, 0)
+
+    numel = g.type(x).numel
+    return Kernel([x, nid], runs[0][0] if split else 1, numel * 0.5, emit, names=[op])
+
+
+def _rows(shape, axis):
+    outer = inner = 1
+    for d in shape[:axis]:
+        outer *= d
+    for d in shape[axis + 1:]:
+        inner *= d
+    return outer, shape[axis], inner
+
+
+def row_vectors(kb: KernelBuilder, n: int, body) -> None:
+    """Calls ``body(offset, mask)`` for the vectors covering n contiguous elements: full
+    vectors in a loop, then a masked partial one (mask None for full vectors)."""
+    if n // VW:
+        with kb.loop(0, n // VW * VW, VW, name="v") as off:
+            body(off, None)
+    if n % VW:
+        body(n // VW * VW, kb.mask(VW, n % VW))
+
+
+def row_max_logsumexp(kb: KernelBuilder, ptr, base, n, stride):
+    """(max, log(sum(exp(x - max)))) of x[base + a*stride] for a < n; contiguous rows in
+    vectors."""
+    b = kb.b
+    if stride != 1:
+        m = kb.var(F32, kb.const(float("-inf")), "m")
+        with kb.loop(0, n) as a:
+            kb.set(m, kb.maximum(kb.get(m), kb.load(ptr, kb.add(base, kb.mul(a, stride)))))
+        mx = kb.get(m)
+        s = kb.var(F32, kb.const(0.0), "s")
+        with kb.loop(0, n) as a:
+            e = kb.exp(b.fsub(kb.load(ptr, kb.add(base, kb.mul(a, stride))), mx))
+            kb.set(s, b.fadd(kb.get(s), e, flags=REASSOC))
+        return mx, kb.unary_math("log", kb.get(s))
+    row = kb.gep(ptr, base)
+    vt = vec(VW)
+    ninf, zero = ir.Constant(vt, float("-inf")), ir.Constant(vt, 0.0)
+    m = kb.var(vt, ninf, "m")
+    row_vectors(kb, n, lambda off, mask: kb.set(m, kb.maximum(
+        kb.get(m), kb.vload(row, off) if mask is None else b.select(mask, kb.vload(row, off, mask=mask), ninf))))
+    mx = kb.call("llvm.vector.reduce.fmaximum.v16f32", F32, [kb.get(m)])
+    s = kb.var(vt, zero, "s")
+
+    def add_exp(off, mask):
+        e = kb.exp(b.fsub(kb.vload(row, off, mask=mask), kb.splat(mx)))
+        kb.set(s, b.fadd(kb.get(s), e if mask is None else b.select(mask, e, zero)))
+    row_vectors(kb, n, add_exp)
+    return mx, kb.unary_math("log", kb.hsum(kb.get(s)))
+
+
+@lowering("softmax", "log_softmax")
+def softmax(g: Graph, nid: int) -> Kernel:
+    node = g.node(nid)
+    (x,) = node.args
+    shape = node.type.shape
+    outer, n, inner = _rows(shape, ops.normalize_axis(node.attrs.get("axis", -1), len(shape)))
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        with kb.loop(lo, hi) as t:
+            base = kb.add(kb.mul(b.sdiv(t, kb.i64(inner)), n * inner), b.srem(t, kb.i64(inner)))
+            mx, lse = row_max_logsumexp(kb, kb.ptr(x), base, n, inner)
+            if inner == 1:
+                src, dst = kb.gep(kb.ptr(x), base), kb.gep(kb.ptr(nid), base)
+                mxv, lsev = kb.splat(mx), kb.splat(lse)
+
+                def write(off, mask):
+                    v = b.fsub(b.fsub(kb.vload(src, off, mask=mask), mxv), lsev)
+                    kb.vstore(kb.exp(v) if node.op == "softmax" else v, dst, off, mask=mask)
+                row_vectors(kb, n, write)
+            else:
+                with kb.loop(0, n) as a:
+                    off = kb.add(base, kb.mul(a, inner))
+                    v = b.fsub(b.fsub(kb.load(kb.ptr(x), off), mx), lse)
+                    kb.store(kb.exp(v) if node.op == "softmax" else v, kb.ptr(nid), off)
+
+    return Kernel([x, nid], outer * inner, node.type.numel * 30, emit, names=[node.op])
+
+
+@lowering("cross_entropy")
+def cross_entropy(g: Graph, nid: int) -> Kernel:
+    """Mean over rows of logsumexp(row) - row[label]; a bad label sets status 1."""
+    node = g.node(nid)
+    logits, labels = node.args
+    rows, classes = g.type(logits).shape
+    lty = llvm_type(g.type(labels).dtype)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        acc = kb.var(F64, ir.Constant(F64, 0.0), "acc")
+        with kb.loop(0, rows) as r:
+            label = kb.to_i64(kb.load(kb.ptr(labels), r, lty))
+            ok = b.and_(b.icmp_signed(">=", label, kb.i64(0)), b.icmp_signed("<", label, kb.i64(classes)))
+            with b.if_else(ok) as (then, other):
+                with then:
+                    base = kb.mul(r, classes)
+                    mx, lse = row_max_logsumexp(kb, kb.ptr(logits), base, classes, 1)
+                    lp = b.fsub(b.fsub(kb.load(kb.ptr(logits), kb.add(base, label)), mx), lse)
+                    kb.set(acc, b.fadd(kb.get(acc), b.fpext(lp, F64)))
+                with other:
+                    kb.store(ir.Constant(I32, 1), kb.status, 0)
+        loss = b.fdiv(b.fneg(kb.get(acc)), ir.Constant(F64, float(rows)))
+        kb.store(b.fptrunc(loss, F32), kb.ptr(nid), 0)
+
+    return Kernel([logits, labels, nid], 1, rows * classes * 30, emit, status=True,
+                  names=["cross_entropy"])
+
+
+@lowering("mse")
+def mse(g: Graph, nid: int) -> Kernel:
+    node = g.node(nid)
+    a, y = node.args
+    n = g.type(a).numel
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        acc = kb.var(F64, ir.Constant(F64, 0.0), "acc")
+        with kb.loop(0, n) as i:
+            d = b.fsub(kb.load(kb.ptr(a), i), kb.load(kb.ptr(y), i))
+            kb.set(acc, b.fadd(kb.get(acc), b.fpext(b.fmul(d, d), F64), flags=REASSOC))
+        kb.store(b.fptrunc(b.fdiv(kb.get(acc), ir.Constant(F64, float(n))), F32), kb.ptr(nid), 0)
+
+    return Kernel([a, y, nid], 1, n, emit, names=["mse"])
+
+
+@lowering("batchnorm2d")
+def batchnorm2d(g: Graph, nid: int) -> Kernel:
+    """Per channel (in parallel): mean and variance of the batch in double precision, then
+    (x - mean) / sqrt(var + eps) * gamma + beta."""
+    node = g.node(nid)
+    x, gamma, beta = node.args
+    n, c, h, w = node.type.shape
+    hw, count = h * w, n * h * w
+    eps = float(node.attrs.get("eps", 1e-5))
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        with kb.loop(lo, hi) as ch:
+            def over(fn):
+                with kb.loop(0, n) as i:
+                    base = kb.mul(kb.add(kb.mul(i, c), ch), hw)
+                    with kb.loop(0, hw) as p:
+                        fn(kb.add(base, p))
+
+            s = kb.var(F64, ir.Constant(F64, 0.0), "s")
+            over(lambda o: kb.set(s, b.fadd(kb.get(s), b.fpext(kb.load(kb.ptr(x), o), F64), flags=REASSOC)))
+            mean64 = b.fdiv(kb.get(s), ir.Constant(F64, float(count)))
+            v = kb.var(F64, ir.Constant(F64, 0.0), "v")
+
+            def sq(o):
+                d = b.fsub(b.fpext(kb.load(kb.ptr(x), o), F64), mean64)
+                kb.set(v, b.fadd(kb.get(v), b.fmul(d, d), flags=REASSOC))
+            over(sq)
+            mean = b.fptrunc(mean64, F32)
+            var = b.fptrunc(b.fdiv(kb.get(v), ir.Constant(F64, float(count))), F32)
+            den = kb.unary_math("sqrt", b.fadd(var, kb.const(eps)))
+            gm, bt = kb.load(kb.ptr(gamma), ch), kb.load(kb.ptr(beta), ch)
+            over(lambda o: kb.store(
+                b.fadd(b.fmul(b.fdiv(b.fsub(kb.load(kb.ptr(x), o), mean), den), gm), bt), kb.ptr(nid), o))
+
+    return Kernel([x, gamma, beta, nid], c, node.type.numel * 3, emit, names=["batchnorm2d"])
