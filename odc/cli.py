@@ -47,7 +47,120 @@ def _data():
     return data
 
 
-COMMANDS = [_register_data]
+def _number(kind, ok, what):
+    """An argparse type: a `kind` number for which `ok(number)` holds."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+def _register_compile_and_train(sub):
+    p = sub.add_parser("compile-and-train", help="compile a model and train it with its recipe",
+                       description="Train a model with its train block; flags override the block.")
+    p.add_argument("file", metavar="FILE", help="the .od file")
+    p.add_argument("--train", metavar="NAME", help="the recipe (model) to train when FILE has several")
+    p.add_argument("--epochs", type=_number(int, lambda n: n >= 1, "a number of epochs >= 1"))
+    p.add_argument("--batch", type=_number(int, lambda n: n >= 1, "a batch size >= 1"))
+    p.add_argument("--lr", type=_number(float, lambda x: 0 < x < float("inf"), "a learning rate > 0"))
+    p.add_argument("--seed", type=_number(int, lambda n: n >= 0, "a seed >= 0"))
+    p.add_argument("--data", metavar="DIR", help="look for the data set in DIR first")
+    p.add_argument("--out", metavar="DIR", help="the run folder (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.set_defaults(func=_compile_and_train)
+
+
+def _compile_and_train(a):
+    _train().compile_and_train(a.file, train=a.train, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
+                               data_dir=a.data, out=a.out, resume=a.resume)
+
+
+def _register_eval(sub):
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on its data set's test part")
+    p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
+    p.add_argument("--data", metavar="DIR", help="look for the data set in DIR first")
+    p.set_defaults(func=lambda a: _train().eval_checkpoint(a.checkpoint, a.data) and 0)
+
+
+def _register_predict(sub):
+    p = sub.add_parser("predict", help="the top-5 classes of a picture of one character",
+                       description="Classify one picture. EMNIST is white ink on black; a picture whose "
+                                   "border is mostly light is inverted first. A picture that is not "
+                                   "28x28 is cropped to its ink, centred and resized.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
+    p.add_argument("image", metavar="IMAGE", help="a PNG (or any format Pillow reads)")
+    p.set_defaults(func=lambda a: _train().predict(a.checkpoint, a.image) and 0)
+
+
+def _train():
+    from odc.runtime import train
+    return train
+
+
+def _register_dump_ir(sub):
+    p = sub.add_parser("dump-ir", help="print a model's IR after a compiler pass",
+                       description="Print the IR of the model's training step after a pass of the "
+                                   "pipeline (default: the last), or after each pass with --after all.")
+    p.add_argument("file", metavar="FILE", help="the .od file")
+    p.add_argument("--model", metavar="NAME", help="the model to show when FILE has several")
+    p.add_argument("--after", metavar="PASS", help="a pass name, or 'all'")
+    p.add_argument("--format", choices=["text", "dot"], default="text", help="text IR or Graphviz dot")
+    p.set_defaults(func=lambda a: print(odc.load(a.file, model=a.model).ir(a.after, a.format), end=""))
+
+
+def _register_gradcheck(sub):
+    p = sub.add_parser("gradcheck", help="check a model's gradients against finite differences",
+                       description="Compare autodiff gradients with central finite differences in "
+                                   "float64 on a small random batch; exit 1 if a parameter's worst "
+                                   "relative error exceeds --tol.")
+    p.add_argument("file", metavar="FILE", help="the .od file")
+    p.add_argument("--model", metavar="NAME", help="the model to check when FILE has several")
+    p.add_argument("--batch", type=_number(int, lambda n: n >= 1, "a batch size >= 1"), default=2)
+    p.add_argument("--samples", type=_number(int, lambda n: n >= 1, "a count >= 1"), default=16,
+                   help="elements checked per parameter (default 16)")
+    p.add_argument("--tol", type=_number(float, lambda x: x > 0, "a tolerance > 0"), default=1e-4)
+    p.add_argument("--seed", type=_number(int, lambda n: n >= 0, "a seed >= 0"), default=0)
+    p.set_defaults(func=_gradcheck)
+
+
+def _gradcheck(a):
+    from odc.runtime.gradcheck import gradcheck
+    errors = gradcheck(odc.load(a.file, model=a.model), a.batch, a.samples, a.seed)
+    width = max(map(len, errors), default=0)
+    for name, err in errors.items():
+        print(f"{name:<{width}}  {err:.2e}  {'ok' if err <= a.tol else 'FAIL'}")
+    bad = [n for n, err in errors.items() if err > a.tol]
+    print(f"{len(errors) - len(bad)}/{len(errors)} parameters within {a.tol:g}")
+    return 1 if bad else 0
+
+
+def _register_check(sub):
+    p = sub.add_parser("check", help="parse and type-check an .od file",
+                       description="Check FILE: syntax, names, shapes, train blocks. Prints each model's "
+                                   "parameters and output type, or the errors (exit 1).")
+    p.add_argument("file", metavar="FILE", help="the .od file")
+    p.set_defaults(func=_check)
+
+
+def _check(a):
+    from odc.frontend import parse_file
+    models = parse_file(a.file).models
+    if not models:
+        print(f"{a.file}: ok — no models")
+    for name, g in models.items():
+        params = g.params()
+        values = sum(p.type.numel for p in params)
+        print(f"{a.file}: ok — model {name}: {len(params)} parameters ({values:,} values), "
+              f"output {g.type(g.output('logits'))}")
+
+
+COMMANDS = [_register_data, _register_compile_and_train, _register_eval, _register_predict, _register_dump_ir,
+            _register_gradcheck, _register_check]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,327 @@
+"""The training loop behind `odc compile-and-train`, and `odc eval` / `odc predict`.
+
+One epoch: shuffle the training images with the run's RNG (seeded from the recipe's `seed`; its
+state is saved with every checkpoint, as is the model's own RNG for dropout, so a resumed run
+draws the same numbers as an uninterrupted one), cut the permutation into mini-batches of the
+recipe's size (the last one holds the remainder: every image is used once per epoch), and call
+`model.train_step` on each. Then evaluate on the test part (top-1 accuracy and the recipe's
+loss), write the checkpoint atomically, then `metrics.jsonl` (rewritten from the checkpoint's
+history, so the two always agree after a resume) and `curves.png`. After the last epoch:
+per-class accuracy and the pairs of classes the model confuses most.
+
+Images go to the model as float32 `[B, 1, H, W]` scaled to [0, 1], labels as int64.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+import odc
+from odc.errors import OdcError
+from odc.ir.ops import cross_entropy_ref, log_softmax_ref
+from odc.runtime import checkpoint
+from odc.runtime.checkpoint import Checkpoint
+from odc.runtime.data import Dataset, as_float, load_dataset
+
+EVAL_BATCH = 500
+METRICS, PLOT = "metrics.jsonl", "curves.png"
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predicted: np.ndarray   # top-1 class per image
+    labels: np.ndarray
+
+
+def predict_logits(model, images: np.ndarray) -> np.ndarray:
+    """Logits for uint8 images [n, H, W], computed EVAL_BATCH at a time."""
+    return np.concatenate([model.forward(as_float(images[i:i + EVAL_BATCH]))
+                           for i in range(0, len(images), EVAL_BATCH)])
+
+
+def evaluate(model, images: np.ndarray, labels: np.ndarray, loss: str) -> Evaluation:
+    logits = predict_logits(model, images).astype(np.float64)
+    if loss == "mse":
+        value = float(((logits - np.eye(logits.shape[1])[labels]) ** 2).mean())
+    else:
+        value = float(cross_entropy_ref(logits, labels, {}))
+    predicted = logits.argmax(axis=1)
+    return Evaluation(value, float((predicted == labels).mean()), predicted, labels)
+
+
+def class_report(ev: Evaluation, classes: list[str], columns: int = 4, pairs: int = 10) -> str:
+    """Per-class accuracy, `columns` classes per row, and the `pairs` most frequent confusions."""
+    k = len(classes)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (ev.labels, ev.predicted), 1)
+    count = confusion.sum(axis=1)
+    width = max(map(len, classes))
+    cells = [f"{c:>{width}} {confusion[i, i] / count[i]:6.1%} of {count[i]:<5,}" if count[i] else
+             f"{c:>{width}} {'-':>6} of 0    " for i, c in enumerate(classes)]
+    lines = ["per-class accuracy on the test part:"]
+    lines += ["  " + "   ".join(cells[i:i + columns]).rstrip() for i in range(0, k, columns)]
+    off = confusion * (1 - np.eye(k, dtype=np.int64))
+    worst = [divmod(int(i), k) for i in np.argsort(-off, axis=None, kind="stable")[:pairs]]
+    worst = [(t, p) for t, p in worst if off[t, p]]
+    if worst:
+        lines.append("most confused (true -> predicted):")
+        lines += [f"  {classes[t]!r:>{width + 2}} -> {classes[p]!r:<{width + 2}} {off[t, p]:>6,}  "
+                  f"({off[t, p] / count[t]:.1%} of {classes[t]!r})" for t, p in worst]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- metrics files
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    checkpoint.write_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
+
+
+def plot(out: Path, history: list[dict], title: str) -> None:
+    """Loss and accuracy per epoch, side by side, as a PNG."""
+    from matplotlib.figure import Figure  # drawn with Agg, leaving pyplot's backend alone
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss_ax.legend()
+    acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", color="C1", label="test")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="test accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    checkpoint.write_atomic(out / PLOT, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, file=sys.stderr, leave=False,
+                dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+
+def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str) -> float:
+    """One pass over the training images in a random order; returns the mean training loss."""
+    n = len(data.train_y)
+    order = rng.permutation(n)
+    total = 0.0
+    with _progress(n, desc) as bar:
+        for start in range(0, n, batch):
+            idx = order[start:start + batch]
+            loss = float(model.train_step(as_float(data.train_x[idx]), data.train_y[idx]))
+            if not math.isfinite(loss):
+                raise OdcError(f"the training loss became {loss} at image {start:,} of {desc}\n"
+                               f"hint: lower the learning rate (--lr)")
+            total += loss * len(idx)
+            bar.set_postfix_str(f"loss {total / (start + len(idx)):.4f}", refresh=False)
+            bar.update(len(idx))
+    return total / n
+
+
+def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch: int,
+        log=print) -> Evaluation | None:
+    """Train from `ckpt.epoch` up to `epochs` epochs. After each epoch: evaluate, then write the
+    checkpoint (params, optimizer state, RNG state, history) atomically, `metrics.jsonl` and the
+    plot. Returns the last evaluation (None when there was no epoch left to run)."""
+    rng = np.random.default_rng((ckpt.recipe["seed"], 1))  # a stream apart from the model's own
+    if ckpt.rng:
+        rng.bit_generator.state = ckpt.rng["shuffle"]
+    ev = None
+    for epoch in range(ckpt.epoch + 1, epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}")
+        seconds = time.perf_counter() - t0
+        ev = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
+        record = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev.loss,
+                  "test_accuracy": ev.accuracy, "samples_per_s": len(data.train_y) / seconds,
+                  "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0 - seconds}
+        log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train loss {train_loss:.4f}  "
+            f"test loss {ev.loss:.4f}  test accuracy {ev.accuracy:6.2%}  "
+            f"{record['samples_per_s']:,.0f} images/s  {seconds:.1f}s")
+        ckpt.epoch = epoch
+        ckpt.rng = {"shuffle": rng.bit_generator.state, "model": model._rng.bit_generator.state}
+        ckpt.history.append(record)
+        ckpt.params = dict(model.params)
+        ckpt.state = dict(model.state)
+        checkpoint.save(out / checkpoint.FILENAME, ckpt)
+        write_metrics(out, ckpt.history)
+        plot(out, ckpt.history, f"{ckpt.model} on {data.name}")
+    return ev
+
+
+# ---------------------------------------------------------------------------- the commands
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'s' * (n != 1)}"
+
+
+def _describe(recipe: dict) -> str:
+    opt = dict(recipe["optimizer"])
+    opt_text = f"{opt.pop('name')}(" + ", ".join(f"{k}={v}" for k, v in opt.items()) + ")"
+    return (f"{recipe['loss']}, {opt_text}, batch {recipe['batch']}, {_epochs(recipe['epochs'])}, "
+            f"seed {recipe['seed']}")
+
+
+def _start(prog, path, out, resume, seed) -> tuple[Checkpoint, Path]:
+    """The checkpoint to start from (the one in `resume`, or a new one) and the run folder."""
+    if resume is None:
+        run_dir = Path(out) if out is not None else Path("runs") / f"{prog.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        if (run_dir / checkpoint.FILENAME).exists():
+            raise OdcError(f"{run_dir} already holds a run\nhint: continue it with --resume {run_dir}, "
+                           f"or choose another --out")
+        recipe = json.loads(json.dumps(prog.recipe))  # a copy, as the checkpoint will give it back
+        return Checkpoint(prog.name, prog.source.text, str(path), {}, recipe=recipe), run_dir
+    ckpt, run_dir = checkpoint.read(resume), checkpoint.resolve(resume).parent
+    if out is not None and Path(out).resolve() != run_dir.resolve():
+        raise OdcError(f"--out {out} and --resume {resume}: a resumed run continues in its own folder")
+    if seed is not None:
+        raise OdcError("--seed cannot be combined with --resume: the run continues with the RNG states "
+                       "saved in its checkpoint")
+    if ckpt.source != prog.source.text or ckpt.model != prog.name:
+        raise OdcError(f"{path}: error: differs from the model the run in {run_dir} was trained from "
+                       f"({ckpt.model} in {ckpt.source_path})\nhint: resume with the same .od file, or "
+                       f"start a new run without --resume")
+    return ckpt, run_dir
+
+
+def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, seed=None, data_dir=None,
+                      out=None, resume=None, log=print) -> Path:
+    """`odc compile-and-train`: flags (not None) override the recipe. Returns the run folder."""
+    prog = odc.load(path, model=train)
+    ckpt, run_dir = _start(prog, path, out, resume, seed)
+    recipe = ckpt.recipe
+    for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed)):
+        if value is not None:
+            recipe[key] = value
+    if lr is not None:
+        recipe["optimizer"]["lr"] = lr
+    if not recipe.get("data"):
+        raise OdcError(f"{path}: error: no data set to train {prog.name} on\nhint: add a train block "
+                       f"with its data, e.g. 'train {prog.name}:' and 'data = emnist(\"balanced\")'")
+    model = checkpoint.compile_model(prog, recipe)
+    if resume is not None:
+        checkpoint.restore(model, ckpt)
+    data = _load_data(recipe, data_dir)
+    _check_classes(model, data)
+    ckpt.classes = data.classes
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OdcError(f"--out {run_dir}: error: cannot create the folder: {e.strerror}") from None
+    write_metrics(run_dir, ckpt.history)
+    n_params = sum(p.size for p in model.params.values())
+    log(f"{'resuming' if resume is not None else 'training'} {prog.name} ({path}, {n_params:,} parameters) "
+        f"on {data.name}: {len(data.train_y):,} train / {len(data.test_y):,} test images, "
+        f"{len(data.classes)} classes")
+    log(f"recipe: {_describe(recipe)}; run folder {run_dir}"
+        + (f"; continuing after epoch {ckpt.epoch}" if resume is not None else ""))
+    ev = fit(model, data, ckpt, run_dir, epochs=recipe["epochs"], batch=recipe["batch"], log=log)
+    if ev is None:
+        log(f"nothing to do: the run already has {_epochs(ckpt.epoch)}\n"
+            f"hint: pass --epochs N with N > {ckpt.epoch}")
+    else:
+        log(class_report(ev, data.classes))
+        log(f"checkpoint {run_dir / checkpoint.FILENAME}; metrics {run_dir / METRICS}; plot {run_dir / PLOT}")
+    return run_dir
+
+
+def _load_data(recipe: dict, data_dir) -> Dataset:
+    data = load_dataset(recipe["data"], data_dir)
+    if data.note:
+        print(f"note: {data.note}", file=sys.stderr)
+    return data
+
+
+def _check_classes(model, data: Dataset) -> None:
+    g = model.program.graph
+    out = g.type(g.outputs[0][1]).shape[-1]  # the logits' class dimension
+    if out != len(data.classes):
+        raise OdcError(f"the model has {out} outputs but {data.name} has {len(data.classes)} classes\n"
+                       f"hint: give the model {len(data.classes)} outputs (e.g. classes = {len(data.classes)})")
+
+
+def eval_checkpoint(path, data_dir=None, log=print) -> Evaluation:
+    """`odc eval`: accuracy of a checkpoint on the test part of its recipe's data set."""
+    ckpt = checkpoint.read(path)
+    model = checkpoint.build(ckpt)
+    data = _load_data(ckpt.recipe, data_dir)
+    if ckpt.classes and data.classes != ckpt.classes:
+        raise OdcError(f"{data.name} in {data.source} has other classes than the data the checkpoint "
+                       f"was trained on")
+    _check_classes(model, data)
+    ev = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
+    log(f"{ckpt.model} after {_epochs(ckpt.epoch)}, on {data.name} ({len(data.test_y):,} test images): "
+        f"top-1 accuracy {ev.accuracy:.2%}, loss {ev.loss:.4f}")
+    log(class_report(ev, data.classes))
+    return ev
+
+
+def read_image(path, size: int = 28) -> tuple[np.ndarray, str]:
+    """A picture of one character as uint8 [size, size], white on black like EMNIST; also a note
+    on what was done to it. Colour and transparency are flattened onto white, then grey. If the
+    border is mostly light, the picture is taken as dark ink on light paper and inverted. A picture
+    of another size is cropped to its ink, centred in a square with a small margin and resized
+    (bicubic), as EMNIST prepared its images; a size x size picture is used as it is."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGBA")
+            grey = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im).convert("L")
+    except FileNotFoundError:
+        raise OdcError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise OdcError(f"{path}: error: cannot read the image: {e}") from None
+    x = np.asarray(grey, np.float64) / 255
+    notes = []
+    border = np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]])
+    if np.median(border) > 0.5:
+        x = 1 - x
+        notes.append("inverted (dark on light)")
+    if x.shape != (size, size):
+        ink = x > 0.5 * x.max()
+        if not ink.any():
+            raise OdcError(f"{path}: error: the image is blank")
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        crop = x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        side = max(crop.shape) + max(2, max(crop.shape) // 8)
+        square = np.zeros((side, side))
+        top, left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+        square[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+        small = Image.fromarray(np.uint8(square / square.max() * 255)).resize((size, size), Image.BICUBIC)
+        x = np.asarray(small, np.float64) / 255
+        notes.append(f"cropped to the character and resized from {grey.width}x{grey.height}")
+    return np.uint8(np.clip(x, 0, 1) * 255 + 0.5), ", ".join(notes) or f"used as it is ({size}x{size})"
+
+
+def predict(ckpt_path, image_path, top: int = 5, log=print) -> list[tuple[str, float]]:
+    """`odc predict`: the `top` most likely classes of one image, with probabilities."""
+    ckpt = checkpoint.read(ckpt_path)
+    model = checkpoint.build(ckpt)
+    image, how = read_image(image_path)
+    logits = model.forward(as_float(image[None])).astype(np.float64)[0]
+    prob = np.exp(log_softmax_ref(logits, {}))
+    classes = ckpt.classes or [str(i) for i in range(len(prob))]
+    best = [(classes[i], float(prob[i])) for i in np.argsort(-prob, kind="stable")[:top]]
+    log(f"{image_path}: {how}")
+    for rank, (c, p) in enumerate(best, 1):
+        log(f"  {rank}. {c!r:<5} {p:7.2%}")
+    return best

@@ -1,0 +1,302 @@
+"""`odc compile-and-train`, `odc eval` and `odc predict`, run end to end on small subsets of the
+embedded EMNIST sample (real images), and LeNet-5 on the shared EMNIST data (slow)."""
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import odc
+from odc.cli import main
+from odc.ir.ops import log_softmax_ref
+from odc.runtime import checkpoint
+from odc.runtime.data import as_float, load_dataset, load_sample
+from odc.runtime.train import read_image
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+TINY = """\
+model Tiny(classes = 47):
+    input image: f32[N, 1, 28, 28]
+    x = dropout(relu(dense(flatten(image), 32)), 0.2)
+    return dense(x, classes)
+
+train Tiny:
+    data = emnist("balanced")
+    loss = cross_entropy
+    optimizer = sgd(lr=0.05, momentum=0.9)
+    epochs = 2
+    batch = 32
+    seed = 0
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_user_data(tmp_path, monkeypatch):
+    """Keep the user's $ODC_DATA and cache folder out of every test."""
+    monkeypatch.delenv("ODC_DATA", raising=False)
+    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """An EMNIST Balanced folder in the official layout (images transposed, a mapping file) with
+    10 train and 4 test images per class from the embedded sample: 470 / 188 images."""
+    folder = tmp_path_factory.mktemp("emnist")
+    s = load_sample()
+    for part, x, y, k in (("train", s.train_x, s.train_y, 10), ("test", s.test_x, s.test_y, 4)):
+        pick = np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(s.classes))])
+        images = x[pick].transpose(0, 2, 1)  # stored transposed, as in the official files
+        (folder / f"emnist-balanced-{part}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (folder / f"emnist-balanced-{part}-labels-idx1-ubyte").write_bytes(idx_bytes(y[pick]))
+    mapping = "".join(f"{i} {ord(c)}\n" for i, c in enumerate(s.classes))
+    (folder / "emnist-balanced-mapping.txt").write_text(mapping)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "tiny.od"
+    path.write_text(TINY)
+    return path
+
+
+def train(model_file, data_dir, out, *flags):
+    argv = ["compile-and-train", model_file, "--data", data_dir, "--out", out, *flags]
+    return main([str(a) for a in argv])
+
+
+def metrics(run):
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(model_file, data_dir, tmp_path_factory):
+    """A finished 2-epoch run of the tiny model."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert train(model_file, data_dir, out) == 0
+    return out
+
+
+def test_run_folder_holds_checkpoint_metrics_and_plot(run, data_dir):
+    recs = metrics(run)
+    assert [r["epoch"] for r in recs] == [1, 2]
+    assert recs[1]["train_loss"] < recs[0]["train_loss"]
+    ckpt = checkpoint.read(run)
+    assert ckpt.epoch == 2 and ckpt.model == "Tiny" and ckpt.source == TINY
+    assert ckpt.recipe["batch"] == 32 and ckpt.history == recs
+    assert ckpt.classes == load_sample().classes
+    assert list(ckpt.params) == ["dense1.weight", "dense1.bias", "dense2.weight", "dense2.bias"]
+    assert ckpt.params["dense1.weight"].shape == (32, 784)
+    assert sorted(ckpt.state) == sorted(f"{p}.momentum_buffer" for p in ckpt.params)
+    with Image.open(run / "curves.png") as im:
+        assert im.format == "PNG" and im.width > 300
+    # the accuracy and loss logged for the last epoch are those of the saved parameters
+    data = load_dataset(("emnist", "balanced"), data_dir)
+    logits = odc.load_checkpoint(run).forward(as_float(data.test_x)).astype(np.float64)
+    assert recs[-1]["test_accuracy"] == pytest.approx((logits.argmax(1) == data.test_y).mean())
+    expected_loss = -log_softmax_ref(logits, {})[np.arange(len(logits)), data.test_y].mean()
+    assert recs[-1]["test_loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_final_report_has_per_class_accuracy_and_confusions(model_file, data_dir, tmp_path, capsys):
+    assert train(model_file, data_dir, tmp_path / "r", "--epochs", 1) == 0
+    out = capsys.readouterr().out
+    data = load_dataset(("emnist", "balanced"), data_dir)
+    predicted = odc.load_checkpoint(tmp_path / "r").forward(as_float(data.test_x)).argmax(1)
+    for c, ch in enumerate(data.classes):
+        acc = (predicted[data.test_y == c] == c).mean()
+        assert re.search(rf"(^|\s){re.escape(ch)}\s+{100 * acc:.1f}% of 4\b", out, re.M), ch
+    wrong = Counter((data.classes[t], data.classes[p]) for t, p in zip(data.test_y, predicted) if t != p)
+    top = re.search(r"most confused.*\n\s+'(.+?)' -> '(.+?)'\s+(\d+)", out)
+    assert int(top[3]) == wrong[top[1], top[2]] == max(wrong.values())
+
+
+def test_same_seed_gives_the_same_losses(model_file, data_dir, tmp_path, run):
+    assert train(model_file, data_dir, tmp_path / "again") == 0
+    assert [r["train_loss"] for r in metrics(tmp_path / "again")] == [r["train_loss"] for r in metrics(run)]
+    a, b = checkpoint.read(run), checkpoint.read(tmp_path / "again")
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert train(model_file, data_dir, tmp_path / "other", "--seed", 1) == 0
+    assert metrics(tmp_path / "other")[0]["train_loss"] != metrics(run)[0]["train_loss"]
+
+
+def test_default_run_folder_is_under_runs(model_file, data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile-and-train", str(model_file), "--data", str(data_dir), "--epochs", "1"]) == 0
+    folder, = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"Tiny-\d{8}-\d{6}", folder.name) and checkpoint.read(folder).epoch == 1
+
+
+def test_resume_continues_the_same_trajectory(model_file, data_dir, tmp_path, run):
+    """The same losses and parameters as the uninterrupted run: the parameters, the optimizer
+    state, the shuffling RNG and the dropout RNG all come back from the checkpoint."""
+    assert train(model_file, data_dir, tmp_path / "r", "--epochs", 1) == 0
+    assert main(["compile-and-train", str(model_file), "--data", str(data_dir), "--resume", str(tmp_path / "r"),
+                 "--epochs", "2"]) == 0
+    assert metrics(tmp_path / "r")[1]["train_loss"] == metrics(run)[1]["train_loss"]
+    a, b = checkpoint.read(run), checkpoint.read(tmp_path / "r")
+    for k in a.params:
+        assert np.array_equal(a.params[k], b.params[k])
+    for k in a.state:
+        assert np.array_equal(a.state[k], b.state[k])
+
+
+def test_sigkill_loses_at_most_the_epoch_in_progress(model_file, data_dir, tmp_path):
+    """Kill a run with SIGKILL at arbitrary moments; each time the checkpoint must be readable and
+    hold every epoch that metrics.jsonl had reported, and resuming must end exactly where an
+    uninterrupted run ends."""
+    epochs, out = 12, tmp_path / "killed"
+    assert train(model_file, data_dir, tmp_path / "whole", "--epochs", epochs) == 0
+    cmd = [sys.executable, "-m", "odc.cli", "compile-and-train", str(model_file), "--data", str(data_dir),
+           "--epochs", str(epochs)]
+    first, kills = True, 0
+    while True:
+        proc = subprocess.Popen(cmd + (["--out", str(out)] if first else ["--resume", str(out)]),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first, done, deadline = False, 0, time.monotonic() + 120
+        start = len(metrics(out)) if (out / "metrics.jsonl").exists() else 0
+        while proc.poll() is None and done < start + 2 + kills and time.monotonic() < deadline:
+            time.sleep(0.01)
+            if (out / "metrics.jsonl").exists():
+                done = len(metrics(out))
+        if proc.poll() is not None:
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            break
+        time.sleep(0.04 * kills)  # each kill at another moment of an epoch
+        done = len(metrics(out))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        assert checkpoint.read(out).epoch >= done
+    assert kills >= 2
+    assert [r["train_loss"] for r in metrics(out)] == [r["train_loss"] for r in metrics(tmp_path / "whole")]
+    a, b = checkpoint.read(out), checkpoint.read(tmp_path / "whole")
+    assert a.epoch == epochs and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_last_partial_batch_is_trained(tmp_path, data_dir):
+    """470 images with --batch 1000: one step on all of them, which plain SGD without dropout
+    makes checkable."""
+    model_file = tmp_path / "sgd.od"
+    model_file.write_text(TINY.replace("sgd(lr=0.05, momentum=0.9)", "sgd(lr=0.5)")
+                          .replace("dropout(relu(dense(flatten(image), 32)), 0.2)",
+                                   "relu(dense(flatten(image), 32))"))
+    assert train(model_file, data_dir, tmp_path / "r", "--epochs", 1, "--batch", 1000, "--lr", 0.125) == 0
+    ckpt = checkpoint.read(tmp_path / "r")
+    assert ckpt.recipe["optimizer"]["lr"] == 0.125
+    fresh = checkpoint.compile_model(odc.load(model_file), ckpt.recipe)  # the same seed: the same start
+    data = load_dataset(("emnist", "balanced"), data_dir)
+    loss, grads = fresh.loss_and_grads(as_float(data.train_x), data.train_y)
+    assert metrics(tmp_path / "r")[0]["train_loss"] == pytest.approx(loss, rel=1e-5)
+    for k, p in fresh.params.items():
+        np.testing.assert_allclose(ckpt.params[k], p - 0.125 * grads[k], rtol=1e-4, atol=1e-6)
+
+
+def test_eval_prints_the_accuracy_of_the_checkpoint(run, data_dir, capsys):
+    assert main(["eval", str(run), "--data", str(data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"top-1 accuracy {metrics(run)[-1]['test_accuracy']:.2%}" in out
+    assert "188 test images" in out
+
+
+def test_predict_prints_top5_with_probabilities(run, data_dir, tmp_path, capsys):
+    data = load_dataset(("emnist", "balanced"), data_dir)
+    image = data.test_x[5]
+    logits = odc.load_checkpoint(run).forward(as_float(image[None])).astype(np.float64)[0]
+    prob = np.exp(log_softmax_ref(logits, {}))
+    top = np.argsort(-prob)[:5]
+    Image.fromarray(image).save(tmp_path / "white_on_black.png")
+    Image.fromarray(255 - image).convert("RGB").save(tmp_path / "black_on_white.png")
+    for name in ("white_on_black.png", "black_on_white.png"):
+        assert main(["predict", str(run), str(tmp_path / name)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 6
+        for line, c in zip(lines[1:], top):
+            assert line.split()[1:] == [repr(data.classes[c]), f"{100 * prob[c]:.2f}%"]
+
+
+def test_read_image_frames_a_large_picture_like_emnist(tmp_path):
+    """A dark letter on a light 300x200 canvas comes back white on black, 28x28, centred, filling
+    most of the frame, and close to the EMNIST image it was drawn from."""
+    s = load_sample()
+    image = s.test_x[np.flatnonzero(s.test_y == s.classes.index("W"))[0]]
+    rows, cols = np.flatnonzero(image.max(1) > 127), np.flatnonzero(image.max(0) > 127)
+    glyph = Image.fromarray(255 - image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    glyph = glyph.resize((glyph.width * 6, glyph.height * 6), Image.BICUBIC)
+    canvas = Image.new("L", (300, 200), 255)
+    canvas.paste(glyph, (30, 20))
+    canvas.save(tmp_path / "w.png")
+    x, how = read_image(tmp_path / "w.png")
+    assert x.shape == (28, 28) and x.dtype == np.uint8 and "inverted" in how
+    ink = x > 127
+    r, c = np.flatnonzero(ink.any(1)), np.flatnonzero(ink.any(0))
+    assert abs((r[0] + r[-1]) / 2 - 13.5) <= 1.5 and abs((c[0] + c[-1]) / 2 - 13.5) <= 1.5
+    assert max(r[-1] - r[0], c[-1] - c[0]) + 1 >= 20
+    assert np.corrcoef(x.ravel(), image.ravel())[0, 1] > 0.6
+
+
+def test_model_and_data_with_other_class_counts(data_dir, tmp_path, capsys):
+    """idx(DIR) data has no class count before it is loaded, so the check happens then."""
+    model_file = tmp_path / "ten.od"
+    model_file.write_text(TINY.replace("classes = 47", "classes = 10")
+                          .replace('emnist("balanced")', f'idx("{data_dir}")'))
+    assert main(["compile-and-train", str(model_file), "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "the model has 10 outputs but emnist-balanced has 47 classes" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile-and-train", "missing.od"], "missing.od"),
+    (["compile-and-train", "{bare}"], "no data set to train Bare on"),
+    (["compile-and-train", "{model}", "--epochs", "0"], "--epochs"),
+    (["compile-and-train", "{model}", "--batch", "many"], "--batch"),
+    (["compile-and-train", "{model}", "--lr", "-1"], "--lr"),
+    (["compile-and-train", "{model}", "--data", "{tmp}/nowhere"], "nowhere"),
+    (["compile-and-train", "{model}", "--resume", "{tmp}"], "checkpoint.safetensors"),
+    (["compile-and-train", "{model}", "--out", "{run}", "--data", "{data}"], "--resume"),
+    (["compile-and-train", "{model}", "--resume", "{run}", "--seed", "3"], "--seed"),
+    (["eval", "{tmp}/none"], "no such file"),
+    (["eval", "{model}"], "cannot read the checkpoint"),
+    (["predict", "{run}", "{model}"], "cannot read the image"),
+    (["predict", "{run}", "{tmp}/none.png"], "no such file"),
+])
+def test_user_errors_exit_1_with_a_message(argv, message, model_file, data_dir, run, tmp_path, capsys):
+    bare = tmp_path / "bare.od"
+    bare.write_text("model Bare():\n    input image: f32[N, 1, 28, 28]\n    return dense(flatten(image), 47)\n")
+    fill = {"model": model_file, "tmp": tmp_path, "run": run, "data": data_dir, "bare": bare}
+    try:
+        code = main([a.format(**fill) for a in argv])
+    except SystemExit as e:  # argparse rejects a bad flag before main() runs the command
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_lenet5_one_epoch_on_emnist_reaches_80_percent(tmp_path, capsys):
+    """LeNet-5 (models/lenet5.od, its own recipe) for one epoch on the shared EMNIST data: the
+    ByMerge test split, 99,707 train / 16,616 held-out images. PyTorch reaches about 84% with
+    the same network and recipe."""
+    if not (SHARED / "emnist").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{SHARED} is missing: CI must check out shared/ beside the repository")
+        pytest.skip(f"{SHARED} is missing")
+    out = tmp_path / "lenet5"
+    assert train(REPO / "models" / "lenet5.od", SHARED, out, "--epochs", 1) == 0
+    record = metrics(out)[0]
+    assert record["test_accuracy"] >= 0.80, capsys.readouterr().out
