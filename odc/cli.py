@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import odc
@@ -64,11 +65,16 @@ def _register_compile_and_train(sub):
     p = sub.add_parser("compile-and-train", help="compile a model and train it with its recipe",
                        description="Train a model with its train block; flags override the block.")
     p.add_argument("file", metavar="FILE", help="the .od file")
-    p.add_argument("--train", metavar="NAME", help="the recipe (model) to train when FILE has several")
-    p.add_argument("--epochs", type=_number(int, lambda n: n >= 1, "a number of epochs >= 1"))
-    p.add_argument("--batch", type=_number(int, lambda n: n >= 1, "a batch size >= 1"))
-    p.add_argument("--lr", type=_number(float, lambda x: 0 < x < float("inf"), "a learning rate > 0"))
-    p.add_argument("--seed", type=_number(int, lambda n: n >= 0, "a seed >= 0"))
+    p.add_argument("--train", "--model", metavar="NAME", dest="train",
+                   help="the model (and its train block) to train when FILE has several")
+    p.add_argument("--epochs", metavar="N", type=_number(int, lambda n: n >= 1, "a number of epochs >= 1"),
+                   help="train until N epochs are done")
+    p.add_argument("--batch", metavar="N", type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
+                   help="mini-batch size")
+    p.add_argument("--lr", metavar="X", help="the optimizer's learning rate",
+                   type=_number(float, lambda x: 0 < x < float("inf"), "a learning rate > 0"))
+    p.add_argument("--seed", metavar="N", type=_number(int, lambda n: n >= 0, "a seed >= 0"),
+                   help="seed of the initial weights, the shuffling and dropout")
     p.add_argument("--data", metavar="DIR", help="look for the data set in DIR first")
     p.add_argument("--out", metavar="DIR", help="the run folder (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
@@ -168,12 +174,15 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except OdcError as e:
-        print(str(e) if str(e).startswith(("error", "/")) or ": error:" in str(e) else f"error: {e}",
-              file=sys.stderr)
+        text = str(e)  # diagnostics already read "path:line:col: error: ..."
+        print(text if text.startswith("error") or ": error:" in text else f"error: {text}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped early (odc ... | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Checkpoints: one safetensors file that holds everything needed to use or continue a run.
 
-Tensors: the parameters as ``param.<name>`` and the optimizer state as ``state.<name>``, float32 and
-in the layouts `model.params` uses. Metadata (safetensors keeps string pairs): the format tag, the
-odc version, the model's name, its `.od` source and path, the recipe as trained (JSON, flags
-applied), the class names, the number of finished epochs, the shuffling RNG's state and the
-per-epoch metrics so far (JSON). A checkpoint therefore rebuilds its model without the original
-`.od` file.
+Tensors: the parameters as ``param.<name>`` and the optimizer state as ``state.<name>``, with the
+dtypes and layouts of `model.params` / `model.state`. Metadata (safetensors keeps string pairs):
+the format tag, the odc version, the model's name, its `.od` source and path, the recipe as
+trained (JSON, flags applied), the class names, the number of finished epochs, the states of the
+training loop's shuffling RNG and of the model's dropout RNG, and the per-epoch metrics so far
+(JSON). A checkpoint therefore rebuilds its model without the original `.od` file.
 
 Writes are atomic: the bytes go to a temporary file in the same folder, which is flushed to disk
 (fsync) and then renamed over the old file (`os.replace`), so a run killed at any moment leaves

@@ -135,6 +135,14 @@ def test_same_seed_gives_the_same_losses(model_file, data_dir, tmp_path, run):
     assert metrics(tmp_path / "other")[0]["train_loss"] != metrics(run)[0]["train_loss"]
 
 
+def test_train_flag_picks_one_of_several_models(data_dir, tmp_path):
+    model_file = tmp_path / "two.od"
+    model_file.write_text(TINY + "\n" + TINY.replace("Tiny", "Wide").replace("32)", "64)"))
+    assert train(model_file, data_dir, tmp_path / "r", "--train", "Wide", "--epochs", 1) == 0
+    ckpt = checkpoint.read(tmp_path / "r")
+    assert ckpt.model == "Wide" and ckpt.params["dense1.weight"].shape == (64, 784)
+
+
 def test_default_run_folder_is_under_runs(model_file, data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["compile-and-train", str(model_file), "--data", str(data_dir), "--epochs", "1"]) == 0
