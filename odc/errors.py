@@ -2,8 +2,8 @@
 
 `OdcError` is any problem caused by the user's input (a file, a flag, a data set); the CLI prints
 its message and exits with code 1. `CompileError` carries one or more `Diagnostic`s, each tied to
-a source span, rendered as ``path:line:col: error: message``, the source line, a caret line and a
-hint.
+a source span, rendered as ``path:line:col: error: message``, the source line, a caret line, notes
+(such as the call site of an inlined def) and a hint.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class Diagnostic:
     message: str
     span: Span | None = None
     hint: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     def render(self) -> str:
         if self.span is None:
@@ -56,6 +57,7 @@ class Diagnostic:
                 out.append(text)
                 pad = "".join(c if c == "\t" else " " for c in text[:s.col - 1])
                 out.append(pad + "^" + "~" * (width - 1))
+        out += [f"note: {n}" for n in self.notes]
         if self.hint:
             out.append(f"hint: {self.hint}")
         return "\n".join(out)

@@ -13,7 +13,8 @@ argument arrays (by name) to output arrays (by name): the numpy reference interp
 Parameters are drawn from their `init` attributes with the recipe's seed (PyTorch's default
 initialisation, which the front end writes as `uniform` bounds for the layers' parameters).
 Dropout masks are drawn from the same seeded generator at each training call (`train_step`,
-`loss_and_grads`); `forward` has no dropout.
+`loss_and_grads`); `forward` has no dropout. The IR is verified after every pass: a compiler
+bug shows as an `IRVerificationError`, not as a wrong result.
 """
 from __future__ import annotations
 
@@ -26,11 +27,9 @@ from odc.errors import OdcError, SourceFile
 from odc.ir import ops
 from odc.ir.graph import Graph, Node
 from odc.ir.passes import PIPELINE, shape_infer
+from odc.ir.verify import verify
 from odc.runtime import interp
 
-# the recipe of a model without a train block
-DEFAULT_RECIPE = {"data": None, "loss": "cross_entropy", "optimizer": {"name": "sgd", "lr": 0.01},
-                  "epochs": 1, "batch": 32, "seed": 0}
 # the passes each kind of graph skips
 KINDS = {"forward": ("autodiff", "optimizer"), "grads": ("inference", "optimizer"),
          "train": ("inference",)}
@@ -38,28 +37,22 @@ Executor = Callable[[Graph], Callable[[dict], dict]]
 
 
 def load(path, model: str | None = None) -> "Program":
-    """Parse and check an .od file. `model` picks one of several models; by default the file's
-    only model, or else the only one with a train block."""
+    """Parse and check an .od file. `model` picks one of several models; by default as
+    `odc.frontend.Module.pick` does."""
     from odc.frontend import parse_file
     module = parse_file(path)
-    if model is None:
-        trained = [m for m in module.models if m in module.recipes]
-        choices = list(module.models) if len(module.models) == 1 else trained
-        if len(choices) != 1:
-            raise OdcError(f"{path}: error: the file has {len(module.models)} models "
-                           f"({', '.join(module.models)}) and {len(trained)} train blocks; pick a model\n"
-                           f"hint: odc.load(path, model=NAME), or --model NAME on the command line")
-        model = choices[0]
     return Program(module.lower(model), module.source)
 
 
 class Program:
     def __init__(self, graph: Graph, source: SourceFile | None = None):
+        from odc.frontend.recipe import Recipe
         self.graph = graph  # the forward graph, as lowered by the front end
         self.source = source
         self.name = graph.name
-        # the train block as a dict (see odc.frontend.Recipe.as_dict); may be edited before compile()
-        self.recipe = dict(graph.meta.get("recipe") or DEFAULT_RECIPE)
+        # the train block as a dict (see odc.frontend.Recipe.as_dict), the defaults without one;
+        # may be edited before compile()
+        self.recipe = dict(graph.meta.get("recipe") or Recipe(graph.name).as_dict())
 
     def stages(self, kind: str = "train", **options) -> list[tuple[str, Graph]]:
         """The graph after each pass of the pipeline, for a graph of `kind` (see KINDS);
@@ -70,7 +63,7 @@ class Program:
         out = []
         for p in PIPELINE:
             if p.name not in KINDS[kind]:
-                g = p.run(g, **options.get(p.name, {}))
+                g = verify(p.run(g, **options.get(p.name, {})))
                 out.append((p.name, g))
         return out
 
@@ -85,11 +78,11 @@ class Program:
         names = [p.name for p in PIPELINE]
         if after not in (None, "all", *names):
             raise OdcError(f"no pass named '{after}'; the passes are {', '.join(names)}")
-        stages = self.stages("forward" if after in KINDS["train"] else "train")
+        stages = dict(self.stages("forward")) | dict(self.stages("train"))  # inference: forward only
         show = to_dot if format == "dot" else str
         if after == "all":
-            return "".join(f"// after {n}\n{show(g)}" for n, g in stages)
-        return show(dict(stages)[after or stages[-1][0]])
+            return "".join(f"// after {n}\n{show(stages[n])}" for n in names)
+        return show(stages[after or names[-1]])
 
     def compile(self, executor: Executor | None = None, seed: int | None = None) -> "Model":
         return Model(self, executor or interp.compile_graph,
@@ -117,6 +110,19 @@ def init_param(p: Node, rng: np.random.Generator) -> np.ndarray:
     else:
         raise OdcError(f"parameter {p.name}: unknown initialisation '{init}'")
     return value.astype(ops.NP_DTYPES[p.type.dtype])
+
+
+def dropout_masks(g: Graph, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A mask for each dropout mask input of `g` (made by the autodiff pass), drawn from `rng` as
+    PyTorch draws one: each element is 0 with probability p, else 1/(1-p). `sizes` binds the
+    symbols of the masks' shapes."""
+    masks = {}
+    for m in g.inputs():
+        if "dropout" in m.attrs:
+            p = m.attrs["dropout"]
+            keep = rng.random(m.type.substitute(sizes).shape) >= p
+            masks[m.name] = (keep / (1 - p)).astype(ops.NP_DTYPES[m.type.dtype])
+    return masks
 
 
 class Model:
@@ -169,15 +175,18 @@ class Model:
         target = "float" if y is not None and np.asarray(y).dtype.kind == "f" else "label"
         g = self._graph(kind, target)
         image = g.inputs()[0]
-        feeds = {image.name: np.asarray(x, ops.NP_DTYPES[image.type.dtype])}
+        try:
+            feeds = {image.name: np.asarray(x, ops.NP_DTYPES[image.type.dtype])}
+        except (TypeError, ValueError, OverflowError):
+            raise OdcError(f"input '{image.name}' expects an array of numbers {image.type}, "
+                           f"got {type(x).__name__}") from None
         if y is not None:
             feeds.update(self._targets(g, y))
         bindings = interp.bindings(g, feeds)
-        for m in g.inputs():
-            if "dropout" in m.attrs:
-                p = m.attrs["dropout"]
-                keep = self._rng.random(m.type.substitute(bindings).shape) >= p
-                feeds[m.name] = (keep / (1 - p)).astype(ops.NP_DTYPES[m.type.dtype])
+        if not feeds[image.name].size:
+            raise OdcError(f"input '{image.name}' got an empty batch (an array of shape "
+                           f"{list(feeds[image.name].shape)}); a batch holds at least one image")
+        feeds.update(dropout_masks(g, bindings, self._rng))
         key = (kind, target, tuple(sorted(bindings.items())))
         if key not in self._compiled:
             self._compiled[key] = self._executor(shape_infer.run(g, bindings))

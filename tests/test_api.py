@@ -5,7 +5,10 @@ import pytest
 
 import odc
 from odc.cli import main
+from odc.ir.graph import Graph, TensorType
+from odc.ir.verify import IRVerificationError
 from odc.runtime import interp
+from odc.runtime.gradcheck import gradcheck
 
 SMALL = """
 model Small(classes = 10):
@@ -74,9 +77,13 @@ def test_ir_after_each_pass(small):
     assert "dropout(" in prog.ir(after="shape-infer") and "dropout(" not in after_autodiff
     assert "state %scale.momentum_buffer" not in prog.ir()  # momentum 0: plain sgd, no state
     dumps = prog.ir(after="all")
-    for name in ("shape-infer", "dce", "autodiff", "optimizer"):
-        assert f"// after {name}\nfunc @Small(" in dumps
-    assert prog.ir(format="dot").startswith('digraph "Small" {')
+    headers = [line for line in dumps.splitlines() if line.startswith("// after ") or line.startswith("func ")]
+    assert headers == ["// after shape-infer", "func @Small(", "// after dce", "func @Small(",
+                       "// after inference", "func @Small(", "// after autodiff", "func @Small(",
+                       "// after optimizer", "func @Small.train_step("]
+    assert dumps.split("// after ")[3] == "inference\n" + prog.ir(after="inference")
+    assert dumps.split("// after ")[5] == "optimizer\n" + prog.ir()
+    assert prog.ir(format="dot").startswith('digraph "Small.train_step" {')
     with pytest.raises(odc.OdcError, match="no pass named 'fusion'"):
         prog.ir(after="fusion")
 
@@ -103,13 +110,28 @@ def test_params_depend_on_the_seed(small):
     assert not np.array_equal(a.params["dense1.weight"], c.params["dense1.weight"])
 
 
-def test_forward_any_batch_size_matches_the_interpreter_on_the_forward_graph(small):
-    prog = odc.load(small)
-    model = prog.compile()
+def small_forward_in_numpy(x, p, s):
+    """Small's logits written out in numpy: inference mode (batchnorm with the running statistics,
+    no dropout), convolution as a sum over the kernel's offsets."""
+    x = x.astype(np.float64) * p["scale"]
+    w, n = p["conv2d1.weight"], x.shape[2] - 2
+    y = sum(np.einsum("nchw,oc->nohw", x[:, :, i:i + n, j:j + n], w[:, :, i, j]) for i in range(3) for j in range(3))
+    y = y + p["conv2d1.bias"][:, None, None] + p["shift"]
+    c = (slice(None), None, None)
+    y = (y - s["batchnorm2d1.running_mean"][c]) / np.sqrt(s["batchnorm2d1.running_var"][c] + 1e-5)
+    y = np.tanh(y * p["batchnorm2d1.weight"][c] + p["batchnorm2d1.bias"][c])
+    return y.reshape(len(x), -1) @ p["dense1.weight"].T + p["dense1.bias"]
+
+
+def test_forward_any_batch_size_matches_the_model_written_in_numpy(small):
+    model = odc.load(small).compile()
+    for n in (3, 7):  # two training steps move the batchnorm statistics away from 0 and 1
+        model.train_step(*batch(n, seed=n))
+    assert not np.allclose(model.state["batchnorm2d1.running_mean"], 0)
     for n in (1, 5):
         x, _ = batch(n)
-        want = interp.run(prog.lower("forward"), {"image": x, **model.params, **model.state})["logits"]
-        np.testing.assert_array_equal(model.forward(x), want)  # dropout is the identity here
+        np.testing.assert_allclose(model.forward(x), small_forward_in_numpy(x, model.params, model.state),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_executor_is_swappable_and_compiles_once_per_batch_size(small):
@@ -181,3 +203,60 @@ def test_gradcheck_command(small, capsys):
     # errors are tiny but never exactly zero: an absurd tolerance fails
     assert main(["gradcheck", str(small), "--samples", "4", "--tol", "1e-300"]) == 1
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_empty_batches_and_non_numbers_are_user_errors(small):
+    model = odc.load(small).compile()
+    with pytest.raises(odc.OdcError, match=r"input 'image' got an empty batch \(an array of shape \[0, 1, 6, 6\]\)"):
+        model.forward(np.zeros((0, 1, 6, 6), np.float32))
+    with pytest.raises(odc.OdcError, match="input 'image' got an empty batch"):
+        model.train_step(np.zeros((0, 1, 6, 6), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(odc.OdcError, match=r"input 'image' expects an array of numbers f32\[N, 1, 6, 6\], got str"):
+        model.forward("abc")
+
+
+def test_a_parameter_may_be_named_like_an_optimizer_state(tmp_path):
+    """Adam's scalar states have names no parameter can have, so `param step` trains as any other."""
+    path = tmp_path / "step.od"
+    path.write_text("model M():\n    input image: f32[N, 4]\n    param step: f32[10] = zeros\n"
+                    "    return dense(image, 10) + step\n\ntrain M:\n    data = mnist()\n"
+                    "    optimizer = adam(lr=0.01)\n")
+    model = odc.load(path).compile()
+    assert list(model.params) == ["step", "dense1.weight", "dense1.bias"]
+    assert list(model.state)[:2] == ["adam.beta1_power", "adam.beta2_power"]
+    x, y = np.ones((2, 4), np.float32), np.array([0, 2])
+    model.train_step(x, y)
+    # Adam's first step moves every element with a gradient by lr
+    np.testing.assert_allclose(np.abs(model.params["step"]), 0.01, rtol=1e-4)
+    np.testing.assert_allclose([model.state["adam.beta1_power"], model.state["adam.beta2_power"]], [0.9, 0.999])
+
+
+def test_a_pass_that_breaks_the_ir_fails_at_once():
+    """The IR is verified after each pass: here a parameter named like the momentum buffer the
+    optimizer pass adds for another parameter (a name the front end never makes)."""
+    g = Graph("M")
+    x = g.add("input", type=TensorType("f32", ("N", 3)), name="image")
+    w = g.add("param", type=TensorType("f32", (3, 2)), attrs={"init": "zeros"}, name="w")
+    v = g.add("param", type=TensorType("f32", (3, 2)), attrs={"init": "zeros"}, name="w.momentum_buffer")
+    t = TensorType("f32", ("N", 2))
+    g.outputs = [("logits", g.add("add", [g.add("matmul", [x, w], type=t), g.add("matmul", [x, v], type=t)],
+                                  type=t))]
+    prog = odc.Program(g)
+    prog.recipe["optimizer"] = {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+    with pytest.raises(IRVerificationError, match=r"argument name 'w.momentum_buffer' missing or repeated"):
+        prog.ir()
+
+
+def test_the_model_picked_by_default(tmp_path):
+    path = tmp_path / "none.od"
+    path.write_text("# no model here\n")
+    with pytest.raises(odc.OdcError, match=r"none\.od: error: the file has no model$"):
+        odc.load(path)
+
+
+def test_gradcheck_batch_is_bounded(small, capsys):
+    for n in (0, 1025, 10 ** 12):
+        with pytest.raises(odc.OdcError, match=f"gradcheck: the batch size must be between 1 and 1024, got {n}"):
+            gradcheck(odc.load(small), batch=n)
+    assert main(["gradcheck", str(small), "--batch", str(10 ** 12)]) == 1
+    assert "the batch size must be between 1 and 1024" in capsys.readouterr().err

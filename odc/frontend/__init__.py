@@ -35,8 +35,11 @@ class Module:
             candidates = list(self.recipes) if len(self.recipes) == 1 else list(self.models)
             if len(candidates) == 1:
                 return candidates[0]
-            raise OdcError(f"{self.source.path}: error: {len(self.models)} models "
-                           f"({', '.join(self.models) or 'none'}); pick one by name")
+            if not self.models:
+                raise OdcError(f"{self.source.path}: error: the file has no model")
+            raise OdcError(f"{self.source.path}: error: the file has {len(self.models)} models "
+                           f"({', '.join(self.models)}) and {len(self.recipes)} train blocks; pick a model\n"
+                           f"hint: odc.load(path, model=NAME), or --model NAME on the command line")
         if model not in self.models:
             hint = did_you_mean(model, self.models) or f"the models are {', '.join(self.models) or 'none'}"
             raise OdcError(f"{self.source.path}: error: no model '{model}'\nhint: {hint}")
@@ -75,7 +78,8 @@ def _check(src: SourceFile) -> Module:
                                     "give the def another name"))
         else:
             (models if isinstance(d, ast.Model) else defs)[d.name] = d
-    diags += check_defs(defs)
+    recursion = check_defs(defs)
+    diags += recursion
     recipes: dict[str, Recipe] = {}
     for t in trains:
         if t.model in recipes:
@@ -87,18 +91,19 @@ def _check(src: SourceFile) -> Module:
         else:
             recipes[t.model] = lower_train(t, diags)
     graphs = {}
-    for name, m in models.items():
-        try:
-            graphs[name] = lower_model(m, defs, None, recipes.get(name))
-        except CompileError as e:
-            diags += e.diagnostics
+    if not recursion:  # else a def cannot be inlined
+        for name, m in models.items():
+            try:
+                graphs[name] = lower_model(m, defs, None, recipes.get(name))
+            except CompileError as e:
+                diags += e.diagnostics
     raise_diagnostics(diags)
     return Module(src, tree, graphs, recipes, defs)
 
 
 def parse_file(path) -> Module:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the text
             text = f.read()
     except FileNotFoundError:
         raise OdcError(f"{path}: error: no such file") from None

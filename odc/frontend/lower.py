@@ -8,6 +8,11 @@ where it is written. Layers create their parameters as `param` nodes named `<op>
 `.bias`, numbered per op kind in the order they are reached. A call to a `def` runs the def's body
 in a fresh scope that holds only its arguments: the def is inlined, and every call creates its
 own parameters (an explicit `param NAME` in a def becomes `<def><k>.NAME`, k counting the calls).
+An error in a def's body notes the call that inlined it.
+
+A model has one input, the image batch, and returns float logits [batch, classes] with a known
+number of classes (what training needs); no tensor may have more than `MAX_ELEMENTS` elements
+(per batch item, for a tensor with symbolic sizes).
 
 Errors do not stop the walk. A statement that fails records a diagnostic and binds its name to
 `POISON`; whatever is computed from poison is poison too and reports nothing, so each independent
@@ -18,6 +23,7 @@ from __future__ import annotations
 import difflib
 import math
 import operator
+import sys
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,6 +31,9 @@ from odc.errors import CompileError, Diagnostic, OdcError, Span
 from odc.frontend import ast
 from odc.ir import ops
 from odc.ir.graph import DTYPES, Graph, TensorType
+from odc.ir.passes.autodiff import RESERVED
+
+MAX_ELEMENTS = 2 ** 31
 
 
 class Fail(Exception):
@@ -42,7 +51,9 @@ def did_you_mean(name: str, candidates) -> str | None:
 
 def raise_diagnostics(diags: list[Diagnostic]) -> None:
     """Raise the diagnostics, in source order and each once, as one CompileError (if any)."""
-    unique = {(d.span.line, d.span.col, d.message) if d.span else (0, 0, d.message): d for d in diags}
+    unique = {}
+    for d in diags:
+        unique.setdefault((d.span.line, d.span.col, d.message) if d.span else (0, 0, d.message), d)
     if unique:
         raise CompileError([unique[k] for k in sorted(unique)])
 
@@ -85,7 +96,7 @@ def as_call(e: ast.Expr) -> ast.Call | None:
 
 def literal(e: ast.Expr):
     """The value of a constant expression: a number (maybe negated), a string, true or false."""
-    if isinstance(e, ast.Number) and not math.isfinite(e.value):
+    if isinstance(e, ast.Number) and not fits_float(e.value):
         raise Fail("number too large", e.span)
     if isinstance(e, (ast.Number, ast.String, ast.Bool)):
         return e.value
@@ -96,6 +107,22 @@ def literal(e: ast.Expr):
 
 def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def fits_float(v: int | float) -> bool:
+    """Finite and within a float's range (an int of any size compares without overflow)."""
+    return abs(v) <= sys.float_info.max
+
+
+def od_text(v) -> str:
+    """A compile-time value as .od source writes it: 3, 0.5, true, "x", [1, 2]."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, list):
+        return "[" + ", ".join(map(od_text, v)) + "]"
+    return repr(v)
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -153,6 +180,9 @@ class ModelLowerer:
 
     def run(self, hypers: dict[str, int | float]) -> Graph:
         out = self.block(self.model.body, dict(hypers), None)
+        if not any(isinstance(st, ast.Input) for st in self.model.body):
+            self.diags.append(Diagnostic(f"model {self.model.name} has no input", self.model.span,
+                                         "declare the image batch first, e.g. input image: f32[N, 1, 28, 28]"))
         if out is None:
             self.diags.append(Diagnostic(f"model {self.model.name} has no return", self.model.span,
                                          "end the model with 'return EXPR', the logits"))
@@ -169,12 +199,25 @@ class ModelLowerer:
         return self.g
 
     def check_output(self, out) -> None:
+        """The output must be float logits [batch, classes], classes known, batch the input's dim 0."""
         span = next(s for s in reversed(self.model.body) if isinstance(s, ast.Return)).value.span
         if not isinstance(out, Tensor):
             raise Fail(f"a model returns a tensor, got {self.describe(out)}", span)
         t = self.g.type(out.id)
+        images = self.g.inputs()
+        batch = images[0].type.shape[0] if images and images[0].type.rank else None
+        want = f"logits [{batch or 'batch'}, classes]"
+        hint = "end with a layer that makes the logits, e.g. dense(flatten(x), classes)"
+        if not t.is_float:
+            raise Fail(f"{self.model.name} returns {t}, but a model returns floating-point {want}", span, hint)
+        if t.rank != 2 or (images and t.shape[0] != batch):
+            raise Fail(f"{self.model.name} returns {t}, but a model returns {want}, one row per image", span,
+                       hint)
+        if not isinstance(t.shape[1], int):
+            raise Fail(f"{self.model.name} returns {t}, but the number of classes (dimension 1) must be known "
+                       f"at compile time", span, "make the classes a number or a hyper-parameter")
         classes = self.recipe.classes if self.recipe else None
-        if classes is not None and (t.rank != 2 or t.shape[1] != classes):
+        if classes is not None and t.shape[1] != classes:
             raise Fail(f"{self.model.name} returns {t}, but its data set {self.recipe.data_text} has "
                        f"{classes} classes", span,
                        f"return logits [batch, {classes}], e.g. dense(x, {classes}); the data set is chosen "
@@ -212,7 +255,15 @@ class ModelLowerer:
         if prefix is not None:
             raise Fail("'input' declares a model input and cannot appear in a def", st.span,
                        "pass the tensor to the def as an argument")
+        if self.g.inputs():
+            first = self.g.inputs()[0]
+            raise Fail(f"a model has one input, the image batch, declared at line {first.span.line} "
+                       f"({first.name}); training feeds it images and nothing else", st.span,
+                       "compute other tensors in the model, or declare them with 'param'")
         t = self.type(st.type, env, "input")
+        if not t.rank:
+            raise Fail(f"the input is a batch of images, so its dimension 0 is the batch size; got {t}",
+                       st.type.span, "e.g. input image: f32[N, 1, 28, 28]")
         return Tensor(self.arg("input", st.name, t, {}, st.span))
 
     def param_stmt(self, st: ast.Param, env: dict, prefix: str | None) -> Tensor:
@@ -225,8 +276,19 @@ class ModelLowerer:
     def arg(self, op: str, name: str, t: TensorType, attrs: dict, span: Span) -> int:
         if name in self.arg_names:
             raise Fail(f"{name} is declared twice (inputs and parameters need distinct names)", span)
+        if name in RESERVED:
+            raise Fail(f"the name '{name}' is reserved: training adds an input '{name}' for the targets",
+                       span, "choose another name")
+        self.check_size(f"{op} {name}", t, span)
         self.arg_names.add(name)
         return self.g.add(op, attrs=attrs, type=t, span=span, name=name)
+
+    def check_size(self, what: str, t: TensorType, span: Span) -> None:
+        n = math.prod(d for d in t.shape if isinstance(d, int))
+        if n > MAX_ELEMENTS:
+            per = " per batch item" if not t.is_concrete else ""
+            raise Fail(f"{what} {t} would have {n:,} elements{per}; odc allows at most {MAX_ELEMENTS:,}",
+                       span, "use smaller sizes")
 
     def type(self, t: ast.Type, env: dict, what: str) -> TensorType:
         """The type of an input (a new name in it becomes a symbol) or a parameter (sizes must be
@@ -366,7 +428,7 @@ class ModelLowerer:
             if e.op == "div" and b == 0:
                 raise Fail("division by zero", e.right.span)
             v = FOLD[e.op](a, b)
-            if not math.isfinite(v):
+            if not fits_float(v):
                 raise Fail("number too large", e.span)
             return v
         if isinstance(a, Tensor) and is_number(b) and e.op != "matmul":
@@ -404,10 +466,13 @@ class ModelLowerer:
             return POISON
         self.counts[d.name] += 1
         self.inlining.append(d.name)
+        first = len(self.diags)
         try:
             out = self.block(d.body, {n: v for n, (v, _) in a.items()}, f"{d.name}{self.counts[d.name]}")
         finally:
             self.inlining.pop()
+        for diag in self.diags[first:]:
+            diag.notes.append(f"in {d.name}, called at {call.span}")
         if out is None:
             raise Fail(f"def {d.name} has no return", d.span, "end it with 'return EXPR'")
         return out
@@ -421,17 +486,18 @@ class ModelLowerer:
 
     def node(self, op: str, args: list[Tensor], attrs: dict, span: Span) -> Tensor:
         t = self.infer(op, [self.g.type(a.id) for a in args], attrs, span)
+        self.check_size(f"the result of {op},", t, span)
         return Tensor(self.g.add(op, [a.id for a in args], attrs, t, span))
 
     def describe(self, v) -> str:
         if isinstance(v, Tensor):
             return f"a tensor {self.g.type(v.id)}"
         if isinstance(v, bool):
-            return "true" if v else "false"
+            return od_text(v)
         if is_number(v):
             return f"the number {v}"
         if isinstance(v, str):
-            return f'the string "{v}"'
+            return f"the string {od_text(v)}"
         if isinstance(v, Size):
             return f"the size {v.value}"
         return "a list"
@@ -502,6 +568,7 @@ class ModelLowerer:
         self.counts[op] += 1
         ids = [self.arg("param", f"{op}{self.counts[op]}.{role}", pt, init, call.span)
                for role, (pt, init) in zip(("weight", "bias"), params)]
+        self.check_size(f"the result of {op},", t, call.span)
         return Tensor(self.g.add(irop, [x.id, *ids], attrs, t, call.span))
 
     def lower_conv2d(self, op, call, a):
@@ -595,9 +662,10 @@ def hyper_values(model: ast.Model, overrides: dict | None, diags: list[Diagnosti
         try:
             if h.name in values:
                 raise Fail(f"hyper-parameter {h.name} is declared twice", h.span)
+            values[h.name] = POISON  # until its default is known to be good
             v = literal(h.default)
             if not is_number(v):
-                raise Fail(f"a hyper-parameter is a number, got {v!r}", h.default.span)
+                raise Fail(f"a hyper-parameter is a number, got {od_text(v)}", h.default.span)
             values[h.name] = v
         except Fail as e:
             diags.append(e.diagnostic)
@@ -607,17 +675,18 @@ def hyper_values(model: ast.Model, overrides: dict | None, diags: list[Diagnosti
                                                   "it has none")
             raise OdcError(f"model {model.name} has no hyper-parameter '{name}'\nhint: {hint}")
         if not is_number(v):
-            raise OdcError(f"hyper-parameter {name} of model {model.name} must be a number, got {v!r}")
+            raise OdcError(f"hyper-parameter {name} of model {model.name} must be a number, got {od_text(v)}")
         values[name] = v
     return values
 
 
 def lower_model(model: ast.Model, defs: dict[str, ast.Def], hypers: dict | None = None, recipe=None) -> Graph:
-    """Lower one model (its hyper-parameters replaced by `hypers`) with the file's defs. `recipe`
-    is the model's train block or None; its data set's class count is checked against the
-    model's output, and ``graph.meta["recipe"]`` is set to its dict form (left unset without one).
-    ``graph.meta["hyper"]`` holds the hyper-parameter values."""
-    diags = check_defs(defs)
+    """Lower one model (its hyper-parameters replaced by `hypers`) with the file's defs, which
+    `check_defs` found free of recursion. `recipe` is the model's train block or None; its data
+    set's class count is checked against the model's output, and ``graph.meta["recipe"]`` is set
+    to its dict form (left unset without one). ``graph.meta["hyper"]`` holds the hyper-parameter
+    values."""
+    diags = []
     values = hyper_values(model, hypers, diags)
     return ModelLowerer(model, defs, recipe, diags).run(values)
 

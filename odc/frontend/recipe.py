@@ -6,23 +6,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from odc.errors import Diagnostic, Span
+from odc.errors import Diagnostic, OdcError, Span
 from odc.frontend import ast
-from odc.frontend.lower import Fail, as_call, bind, did_you_mean, is_number, literal
+from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
+from odc.ir.passes.autodiff import LOSSES
+from odc.ir.passes.optimizer import DEFAULT, OPTIMIZERS, hyper_parameters, invalid
+from odc.runtime.data import EMNIST_SPLITS
 
-# classes per data set; EMNIST letters has labels 1..26, which the loader maps to classes 0..25
+# classes per EMNIST split (letters has labels 1..26, which the loader maps to classes 0..25)
 EMNIST_CLASSES = {"balanced": 47, "bymerge": 47, "byclass": 62, "letters": 26, "digits": 10, "mnist": 10}
 DATA = {"emnist": "split", "mnist": "", "fashion_mnist": "", "idx": "dir"}
-LOSSES = ("cross_entropy", "mse")
-# optimizer -> (parameters, defaults); the defaults are PyTorch's
-OPTIMIZERS = {
-    "sgd": ("lr, momentum=0, nesterov=false, weight_decay=0",
-            {"momentum": 0.0, "nesterov": False, "weight_decay": 0.0}),
-    "adam": ("lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0",
-             {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}),
-    "adamw": ("lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01",
-              {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01}),
-}
+
+
+def _usage(params: dict) -> str:
+    """An optimizer's parameters as a train block writes them, e.g. "lr, momentum=0, nesterov=false"."""
+    return ", ".join(k if v is None else f"{k}={od_text(v)}" if isinstance(v, bool) else f"{k}={v:g}"
+                     for k, v in params.items())
+
+
+OPTIMIZER_USAGE = {name: _usage(params) for name, params in OPTIMIZERS.items()}
 KEYS = ("data", "loss", "optimizer", "epochs", "batch", "seed")
 
 
@@ -32,8 +34,9 @@ class Recipe:
     data: tuple | None = None  # ("emnist", SPLIT), ("mnist",), ("fashion_mnist",) or ("idx", DIR)
     classes: int | None = None  # the data set's class count, None where unknown before loading
     loss: str = "cross_entropy"
-    optimizer: str = "sgd"
-    optimizer_args: dict = field(default_factory=lambda: {"lr": 0.01, **OPTIMIZERS["sgd"][1]})
+    optimizer: str = DEFAULT["name"]
+    optimizer_args: dict = field(  # the optimizer's hyper-parameters
+        default_factory=lambda: {k: v for k, v in hyper_parameters(DEFAULT).items() if k != "name"})
     epochs: int = 1
     batch: int = 32
     seed: int = 0
@@ -92,12 +95,12 @@ def _set_data(r: Recipe, e: ast.Expr) -> None:
     kind, args = _choose(e, "data set", DATA)
     for v, span in args.values():  # the EMNIST split or the idx folder
         if not isinstance(v, str):
-            raise Fail(f"{kind} expects a string, got {v!r}", span)
-        if kind == "emnist" and v not in EMNIST_CLASSES:
-            raise Fail(f"unknown EMNIST split \"{v}\"", span,
-                       did_you_mean(v, EMNIST_CLASSES) or f"one of {', '.join(EMNIST_CLASSES)}")
+            raise Fail(f"{kind} expects a string, got {od_text(v)}", span)
+        if kind == "emnist" and v not in EMNIST_SPLITS:
+            raise Fail(f"unknown EMNIST split {od_text(v)}", span,
+                       did_you_mean(v, EMNIST_SPLITS) or f"one of {', '.join(EMNIST_SPLITS)}")
     r.data = (kind, *(v for v, _ in args.values()))
-    r.classes = EMNIST_CLASSES[r.data[1]] if kind == "emnist" else {"mnist": 10, "fashion_mnist": 10}.get(kind)
+    r.classes = EMNIST_CLASSES.get(r.data[1]) if kind == "emnist" else {"mnist": 10, "fashion_mnist": 10}.get(kind)
 
 
 def _set_loss(r: Recipe, e: ast.Expr) -> None:
@@ -105,26 +108,26 @@ def _set_loss(r: Recipe, e: ast.Expr) -> None:
 
 
 def _set_optimizer(r: Recipe, e: ast.Expr) -> None:
-    name, args = _choose(e, "optimizer", {n: usage for n, (usage, _) in OPTIMIZERS.items()})
-    values = dict(OPTIMIZERS[name][1])
+    """Each argument is checked at its place; `optimizer.hyper_parameters` checks the rest."""
+    name, args = _choose(e, "optimizer", OPTIMIZER_USAGE)
     for key, (v, span) in args.items():
-        if key == "nesterov":
-            if not isinstance(v, bool):
-                raise Fail(f"{name}: nesterov must be true or false, got {v!r}", span)
-        elif not is_number(v) or v < 0 or (key == "lr" and v == 0):
-            raise Fail(f"{name}: {key} must be a {'positive' if key == 'lr' else 'non-negative'} number, got {v!r}",
-                       span)
-        values[key] = v if key == "nesterov" else float(v)
-    if values.get("nesterov") and values["momentum"] == 0:
-        raise Fail("sgd: nesterov needs a momentum > 0", e.span)
-    r.optimizer, r.optimizer_args = name, {"lr": values.pop("lr"), **values}
+        problem = invalid(key, v)
+        if problem:
+            raise Fail(f"{name}: {key} must be {problem}, got {od_text(v)}", span)
+    values = {k: v if k == "nesterov" else float(v) for k, (v, _) in args.items()}
+    try:
+        hp = hyper_parameters({"name": name, **values})
+    except OdcError as err:
+        raise Fail(str(err), e.span) from None
+    r.optimizer, r.optimizer_args = hp.pop("name"), hp
 
 
 def _count(key: str, lo: int):
     def setter(r: Recipe, e: ast.Expr) -> None:
         v = literal(e)
         if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-            raise Fail(f"{key} must be {'a positive integer' if lo else 'an integer >= 0'}, got {v!r}", e.span)
+            raise Fail(f"{key} must be {'a positive integer' if lo else 'an integer >= 0'}, got {od_text(v)}",
+                       e.span)
         setattr(r, key, v)
     return setter
 

@@ -162,6 +162,9 @@ _binary("div", np.divide)
 def _matmul_infer(ts, attrs):
     a, b = ts
     require_float(a, "matmul")
+    if a.dtype != b.dtype:
+        raise ShapeError(f"matmul of different element types: {a} @ {b}",
+                         "both operands need the same element type")
     if a.rank < 2 or b.rank != 2:
         raise ShapeError(f"matmul expects a [..., m, k] left operand and a [k, n] right operand, "
                          f"got {a} and {b}")
@@ -287,8 +290,13 @@ def _reshape_infer(ts, attrs):
             if s not in rest:
                 raise ShapeError(f"reshape of {x} to {target}: the symbol {s} does not divide the input")
             rest.remove(s)
-        if n % tn or len(rest) > 1 or (rest and n // tn != 1):
+        if n % tn:
             raise ShapeError(f"reshape of {x} to {target} changes the number of elements")
+        if len(rest) > 1 or (rest and n // tn != 1):
+            size = "*".join([*rest, *([str(n // tn)] if n // tn != 1 else [])])
+            raise ShapeError(f"reshape of {x} to {target}: -1 would stand for {size}, a size odc cannot "
+                             f"express (a size is a number or one symbol)",
+                             f"keep {rest[0]} as a size of its own, e.g. reshape(x, [{rest[0]}, -1])")
         target[target.index(-1)] = rest[0] if rest else n // tn
     if symbolic_numel(target) != (n, syms):
         raise ShapeError(f"reshape of {x} ({'*'.join(map(str, x.shape))} elements) to "

@@ -1,20 +1,22 @@
 """The textual form of the IR, read back by `odc.ir.textparse`.
 
     func @LeNet5(
-        input %image: f32[N, 1, 28, 28]  loc(models/lenet5.od:4:5),
-        param %conv2d1.weight: f32[6, 1, 5, 5] {init=kaiming}  loc(models/lenet5.od:5:14),
+        input %image: f32[N, 1, 28, 28]  loc("models/lenet5.od":4:5),
+        param %conv2d1.weight: f32[6, 1, 5, 5] {init=kaiming}  loc("models/lenet5.od":5:14),
         ...
     ) {
-      %0 = conv2d(%image, %conv2d1.weight, %conv2d1.bias) {pad=2, stride=1} : f32[N, 6, 28, 28]  loc(models/lenet5.od:5:14)
+      %0 = conv2d(%image, %conv2d1.weight, %conv2d1.bias) {pad=2, stride=1} : f32[N, 6, 28, 28]  loc("models/lenet5.od":5:14)
       ...
       return %9 as logits
     }
 
 Arguments print by name; other values are numbered in print order, so the text depends only on
-the graph's structure and not on internal node ids.
+the graph's structure and not on internal node ids. Quoted strings (source paths, string
+attributes that are not plain names) are JSON strings, so any path prints and parses back.
 """
 from __future__ import annotations
 
+import json
 import re
 
 from odc.ir.graph import Graph, Node
@@ -30,7 +32,7 @@ def format_value(v) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return v if _IDENT.match(v) and v not in ("true", "false") else '"' + v.replace('"', '\\"') + '"'
+        return v if _IDENT.match(v) and v not in ("true", "false") else json.dumps(v, ensure_ascii=False)
     return str(v)
 
 
@@ -41,7 +43,8 @@ def format_attrs(attrs: dict) -> str:
 
 
 def _loc(node: Node) -> str:
-    return f"  loc({node.span})" if node.span is not None else ""
+    s = node.span
+    return f"  loc({json.dumps(s.path, ensure_ascii=False)}:{s.line}:{s.col})" if s is not None else ""
 
 
 def print_graph(g: Graph) -> str:

@@ -5,6 +5,8 @@ come back as spans of a source file whose text is not available (only path, line
 """
 from __future__ import annotations
 
+import json
+
 from lark import Lark, Transformer, v_args
 from lark.exceptions import LarkError
 
@@ -28,11 +30,10 @@ attr: NAME "=" value
       | NAME -> string
       | ESCAPED_STRING -> qstring
       | "[" [value ("," value)*] "]" -> list
-loc: "loc" "(" LOCPATH ")"
+loc: "loc" "(" ESCAPED_STRING ":" INT ":" INT ")"
 KIND: "input" | "param" | "state"
 VALUE: "%" /[A-Za-z0-9_.]+/
 NAME: /[A-Za-z_][A-Za-z0-9_.]*/
-LOCPATH: /[^)\s]+:\d+:\d+/
 %import common.INT
 %import common.SIGNED_INT
 %import common.SIGNED_FLOAT
@@ -62,7 +63,7 @@ class _Build(Transformer):
         return str(t)
 
     def qstring(self, t):
-        return t[1:-1].replace('\\"', '"')
+        return json.loads(t)
 
     def list(self, *items):
         return [i for i in items if i is not None]
@@ -79,9 +80,8 @@ class _Build(Transformer):
     def attrs(self, *kv):
         return dict(p for p in kv if p is not None)
 
-    def loc(self, t):
-        path, line, col = str(t).rsplit(":", 2)
-        return Span(SourceFile(path, ""), int(line), int(col), int(line), int(col))
+    def loc(self, path, line, col):
+        return Span(SourceFile(json.loads(path), ""), int(line), int(col), int(line), int(col))
 
     def arg(self, kind, value, ty, *rest):
         return ("arg", str(kind), str(value)[1:], ty, _pick(rest, dict, {}), _pick(rest, Span, None))

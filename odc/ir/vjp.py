@@ -20,13 +20,17 @@ from odc.ir.graph import Graph, Node
 
 
 class Emit:
-    """Adds nodes to `g`, typing each with its op's type rule."""
+    """Adds nodes to `g`, typing each with its op's type rule; a type error becomes a
+    CompileError at `span` (the source of the nodes)."""
 
     def __init__(self, g: Graph, span=None):
         self.g, self.span = g, span
 
     def __call__(self, op: str, *args: int, **attrs) -> int:
-        t = ops.get(op).infer([self.g.type(a) for a in args], attrs)
+        try:
+            t = ops.get(op).infer([self.g.type(a) for a in args], attrs)
+        except ops.ShapeError as err:
+            raise CompileError(Diagnostic(err.message, self.span, err.hint)) from None
         return self.g.add(op, args, attrs, t, self.span)
 
     def const(self, value: float, dtype: str) -> int:

@@ -6,35 +6,38 @@ For each parameter, `samples` of its elements (all of them if it has fewer) are 
 ±h and the loss's central difference is compared with the gradient element; the error of an
 element is |grad - fd| / max(|grad|, |fd|, 1e-5) (the floor keeps the rounding noise of the
 differences, about 1e-9, from counting on elements with tiny gradients), and a parameter's
-error is the worst of its elements'.
+error is the worst of its elements'. The batch holds at most `MAX_BATCH` images: each sampled
+element runs the model twice.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from odc.errors import OdcError
 from odc.ir.passes import dce
-from odc.program import Program, init_param
+from odc.program import Program, dropout_masks, init_param
 from odc.runtime import interp
 
 H = 1e-6
+MAX_BATCH = 1024
 
 
 def gradcheck(prog: Program, batch: int = 2, samples: int = 16, seed: int = 0) -> dict[str, float]:
     """The worst relative error of each parameter's gradient (declaration order)."""
+    if not 1 <= batch <= MAX_BATCH:
+        raise OdcError(f"gradcheck: the batch size must be between 1 and {MAX_BATCH}, got {batch}")
     rng = np.random.default_rng(seed)
     g = prog.lower("grads")
     loss_only = g.copy()
     loss_only.outputs = [("loss", g.output("loss"))]
     loss_only = dce.run(loss_only)
     sizes = {d: batch for a in g.inputs() for d in a.type.shape if isinstance(d, str)}
-    feeds = {}
+    feeds = dropout_masks(g, sizes, rng)
     for a in g.inputs():
         shape = a.type.substitute(sizes).shape
         if a.name == "label":
             feeds[a.name] = rng.integers(0, g.type(g.output("logits")).shape[1], shape)
-        elif "dropout" in a.attrs:
-            feeds[a.name] = (rng.random(shape) >= a.attrs["dropout"]) / (1 - a.attrs["dropout"])
-        else:
+        elif a.name not in feeds:
             feeds[a.name] = rng.standard_normal(shape)
     feeds.update({s.name: init_param(s, rng) for s in g.args_of("state")})  # batchnorm statistics
     params = {p.name: init_param(p, rng).astype(np.float64) for p in g.params()}

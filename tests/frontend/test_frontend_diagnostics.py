@@ -292,8 +292,8 @@ def test_errors_in_several_models_and_train_blocks_come_in_source_order():
 
 @pytest.mark.parametrize("src, line, needle, message", [
     (program("x: f23[N, 784] = flatten(image)", "return x"), 3, "f23", "unknown element type 'f23'"),
-    (program("input image: f32[N, 4]", "return image"), 3, "input", "image is declared twice (inputs and "
-                                                                      "parameters need distinct names)"),
+    (program("param image: f32[4] = zeros", "return image"), 3, "param", "image is declared twice (inputs and "
+                                                                            "parameters need distinct names)"),
     (program("return flatten(image)", "x = image"), 4, "x", "this statement comes after the return and would "
                                                             "never run"),
     (program("x = image"), 1, "model", "model M has no return"),
@@ -363,3 +363,182 @@ def test_unknown_hyper_parameter_override_and_missing_file(tmp_path):
     with pytest.raises(OdcError, match="not a UTF-8 text file"):
         (tmp_path / "bin.od").write_bytes(b"\xff\xfe")
         parse_file(tmp_path / "bin.od")
+
+
+# -- what training needs from a model: one input, float logits [batch, classes] -------------
+def test_a_model_without_input_is_an_error_at_its_header():
+    src = "model M():\n    param w: f32[3, 4] = xavier\n    return w\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == (1, 1)
+    assert d.message == "model M has no input"
+    assert d.hint == "declare the image batch first, e.g. input image: f32[N, 1, 28, 28]"
+
+
+def test_a_second_input_is_an_error_at_its_declaration():
+    src = program("input label: i32[N]", "return dense(flatten(image), classes)")
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, "input")
+    assert d.message == ("a model has one input, the image batch, declared at line 2 (image); training feeds "
+                         "it images and nothing else")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("return sum(flatten(image), 1)", "M returns f32[N], but a model returns logits [N, classes], one row per image"),
+    ("return image", "M returns f32[N, 1, 28, 28], but a model returns logits [N, classes], one row per image"),
+    ("return transpose(dense(flatten(image), classes), [1, 0])",
+     "M returns f32[10, N], but a model returns logits [N, classes], one row per image"),
+    ("return reshape(image, [N, 28, -1])", "M returns f32[N, 28, 28], but a model returns logits [N, classes], "
+                                           "one row per image"),
+])
+def test_the_output_must_be_logits_batch_by_classes(body, message):
+    src = program(body)
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, body.split()[1])
+    assert d.message == message
+    assert d.hint == "end with a layer that makes the logits, e.g. dense(flatten(x), classes)"
+
+
+def test_integer_logits_are_an_error():
+    src = "model M():\n    input image: i32[N, 3]\n    return image + 1\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, "image +")
+    assert d.message == "M returns i32[N, 3], but a model returns floating-point logits [N, classes]"
+
+
+def test_the_number_of_classes_must_be_known():
+    src = "model K():\n    input image: f32[N, M]\n    return reshape(image, [N, M])\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, "reshape")
+    assert d.message == ("K returns f32[N, M], but the number of classes (dimension 1) must be known at "
+                         "compile time")
+
+
+def test_an_input_without_a_batch_dimension_is_an_error():
+    src = "model M():\n    input image: f32[]\n    return image\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 2, "f32")
+    assert d.message == "the input is a batch of images, so its dimension 0 is the batch size; got f32[]"
+
+
+@pytest.mark.parametrize("stmt, needle", [("param label: f32[10] = zeros", "param"),
+                                          ("param target: f32[10] = zeros", "param")])
+def test_the_names_of_the_training_inputs_are_reserved(stmt, needle):
+    src = program(stmt, "return dense(flatten(image), classes)")
+    d = single(src)
+    name = stmt.split()[1][:-1]
+    assert (d.span.line, d.span.col) == where(src, 3, needle)
+    assert d.message == f"the name '{name}' is reserved: training adds an input '{name}' for the targets"
+    src = f"model M():\n    input {name}: f32[N, 4]\n    return dense({name}, 3)\n"
+    assert single(src).message == d.message
+
+
+@pytest.mark.parametrize("body, line, needle, message", [
+    (["return dense(flatten(image), 99999999999999999999999)"], 3, "dense",
+     "param dense1.weight f32[99999999999999999999999, 784] would have 78,399,999,999,999,999,999,999,216 "
+     "elements; odc allows at most 2,147,483,648"),
+    (["param w: f32[65536, 32769] = zeros", "param ok: f32[65536, 32768] = zeros",
+      "return dense(flatten(image), classes)"], 3, "param",
+     "param w f32[65536, 32769] would have 2,147,549,184 elements; odc allows at most 2,147,483,648"),
+    (["x = conv2d(image, out=1, kernel=1, pad=30000)", "return dense(flatten(x), classes)"], 3, "conv2d",
+     "the result of conv2d, f32[N, 1, 60028, 60028] would have 3,603,360,784 elements per batch item; odc "
+     "allows at most 2,147,483,648"),
+])
+def test_tensor_sizes_are_bounded(body, line, needle, message):
+    src = program(*body)
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, line, needle)
+    assert d.message == message
+    big = "model M():\n    input image: f32[N, 100000, 100000]\n    return dense(flatten(image), 3)\n"
+    assert single(big).message.startswith("input image f32[N, 100000, 100000] would have 10,000,000,000 "
+                                          "elements per batch item")
+
+
+# -- where and how errors are told ----------------------------------------------------------
+def test_an_error_in_an_inlined_def_notes_each_call_that_led_there():
+    src = ("def inner(x, c):\n    return dense(x, c)\n\ndef outer(x):\n    return inner(x, 3)\n\n"
+           + program("a = inner(flatten(image), 3)", "b = outer(image)", "return a"))
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 2, "dense")
+    assert d.message == "dense expects a 2-D input [batch, features], got f32[N, 1, 28, 28]"
+    inner_call, outer_call = where(src, 5, "inner"), where(src, 10, "outer")
+    assert d.notes == [f"in inner, called at t.od:{inner_call[0]}:{inner_call[1]}",
+                       f"in outer, called at t.od:{outer_call[0]}:{outer_call[1]}"]
+    assert str(errors(src)).splitlines()[3:5] == [f"note: {n}" for n in d.notes]
+
+
+def test_reshape_to_a_size_that_would_be_a_symbol_times_a_number():
+    src = program("x = reshape(image, [-1])", "return dense(reshape(x, [N, 784]), classes)")
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, "reshape")
+    assert d.message == ("reshape of f32[N, 1, 28, 28] to [-1]: -1 would stand for N*784, a size odc cannot "
+                         "express (a size is a number or one symbol)")
+    assert d.hint == "keep N as a size of its own, e.g. reshape(x, [N, -1])"
+    assert single(program("x = reshape(image, [N, 3, -1])", "return x")).message.endswith(
+        "changes the number of elements")
+
+
+def test_a_bad_hyper_parameter_default_is_reported_once():
+    src = "model M(a = 2 * 3, b = \"x\"):\n    input image: f32[N, 4]\n    return dense(image, a + b)\n"
+    first, second = errors(src).diagnostics
+    assert (first.span.line, first.span.col, first.message) == (1, 13, "expected a constant (a number, a string, "
+                                                                       "true or false)")
+    assert (second.span.line, second.span.col, second.message) == (1, 24, 'a hyper-parameter is a number, got "x"')
+
+
+@pytest.mark.parametrize("item, needle, message", [
+    ("batch = true", "true", "batch must be a positive integer, got true"),
+    ("seed = -1", "-1", "seed must be an integer >= 0, got -1"),
+    ('epochs = "2"', '"2"', 'epochs must be a positive integer, got "2"'),
+    ("optimizer = sgd(0.1, 0.9, 1)", "1)", "sgd: nesterov must be true or false, got 1"),
+    ("optimizer = adam(lr=0.1, beta1=1)", "1)", "adam: beta1 must be a number in [0, 1), got 1"),
+    ("optimizer = adam(lr=0.1, beta2=2, eps=0)", "2,", "adam: beta2 must be a number in [0, 1), got 2"),
+    ("optimizer = adamw(0.1, eps=-1e-8)", "-1e-8", "adamw: eps must be a number >= 0, got -1e-08"),
+    ("optimizer = adam(lr=0)", "0)", "adam: lr must be a number > 0, got 0"),
+    ("optimizer = sgd(lr=0.1, weight_decay=true)", "true", "sgd: weight_decay must be a number >= 0, got true"),
+    ("data = idx(5)", "5", "idx expects a string, got 5"),
+])
+def test_recipe_values_are_checked_and_shown_as_the_language_writes_them(item, needle, message):
+    src = program("return dense(flatten(image), classes)") + "\ntrain M:\n    " + item + "\n"
+    if not item.startswith("data"):
+        src += "    data = mnist()\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 6, needle)
+    assert d.message == message
+
+
+def test_adam_with_beta1_zero_is_legal():
+    src = program("return dense(flatten(image), classes)", train="mnist()") + "    optimizer = adam(0.1, beta1=0)\n"
+    r = parse_source(src).recipes["M"]
+    assert (r.optimizer, r.optimizer_args["beta1"], r.optimizer_args["beta2"]) == ("adam", 0.0, 0.999)
+
+
+def test_matmul_of_different_element_types():
+    src = "model M():\n    input image: f64[N, 4]\n    param w: f32[4, 3] = xavier\n    return image @ w\n"
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 4, "image @")
+    assert d.message == "matmul of different element types: f64[N, 4] @ f32[4, 3]"
+
+
+def test_a_file_with_a_byte_order_mark(tmp_path):
+    from odc.frontend import parse_file
+    path = tmp_path / "bom.od"
+    path.write_bytes(b"\xef\xbb\xbf" + program("return dense(flatten(image), classes)").encode())
+    assert parse_file(path).models["M"]
+    path.write_bytes(b"\xef\xbb\xbf" + program("return dense(flatten(imge), classes)").encode())
+    with pytest.raises(CompileError) as e:
+        parse_file(path)
+    assert (e.value.line, e.value.col) == where(program("return dense(flatten(imge), classes)"), 3, "imge")
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("return dense(flatten(image), 1" + "0" * 400 + ")", "1000"),
+    ("return dense(flatten(image) * (" + " * ".join(["10" * 20] * 16) + "), classes)", "1010"),
+])
+def test_integers_beyond_a_floats_range_are_too_large(body, needle):
+    src = program(body)
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 3, needle)
+    assert d.message == "number too large"
+    src = program("return dense(flatten(image), classes)", train="mnist()") + "    optimizer = sgd(1" + "0" * 400 + ")\n"
+    d = single(src)
+    assert (d.span.line, d.span.col, d.message) == (7, 21, "number too large")

@@ -1,10 +1,14 @@
-"""Any text, however mangled, gives a model or a user error (OdcError), never a Python traceback."""
+"""Any text, however mangled, gives a model or a user error (OdcError), never a Python traceback:
+in the front end, and for a model it accepts, in compiling and running it."""
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+import numpy as np
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from odc.errors import OdcError
 from odc.frontend import parse_source
+from odc.ir.graph import Graph
+from odc.program import Program
 
 MODELS = sorted(Path(__file__).parents[2].joinpath("models").glob("*.od"))
 SOURCES = [p.read_text() for p in MODELS]
@@ -46,3 +50,31 @@ def test_mutated_programs_fail_only_with_user_errors(text):
         return
     for g in module.models.values():  # a program that passes has a typed output
         assert g.type(g.output("logits")) is not None
+
+
+def _elements(g: Graph, batch: int) -> int:
+    sizes = {d: batch for n in g.nodes() for d in n.type.shape if isinstance(d, str)}
+    return sum(n.type.substitute(sizes).numel for n in g.nodes())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutants())
+def test_mutated_programs_that_pass_compile_and_run_or_fail_with_user_errors(text):
+    """What the front end accepts, the rest of the compiler takes: a Program of each model
+    compiles and runs forward on a batch of 2 (programs whose values would not fit in a few
+    hundred MB are left out)."""
+    try:
+        module = parse_source(text, "fuzz.od")
+    except OdcError:
+        return
+    for name in module.models:
+        try:
+            g = module.lower(name)
+            assume(_elements(g, 2) <= 2 ** 24)
+            image = g.inputs()[0].type
+            x = np.zeros(image.substitute({d: 2 for d in image.shape if isinstance(d, str)}).shape)
+            logits = Program(g, module.source).compile().forward(x)
+        except OdcError as e:
+            assert str(e)
+            continue
+        assert logits.shape[0] == 2

@@ -161,7 +161,7 @@ def test_operators_numbers_and_elementwise_ops_compute_as_numpy():
     src = """
 model M(k = 3):
     input a: f32[N, 3]
-    input b: f32[3, 4]
+    param b: f32[3, 4] = normal(1)
     h = (a * 2 - 1) / k + -a
     h = 1 - h @ b @ transpose(b, [1, 0]) + sum(a, 0, ) * 0
     e = exp(tanh(h)) + sigmoid(h) * abs(h) + sqrt(abs(h)) + log(abs(h) + 1)

@@ -3,10 +3,11 @@ are never merged, accumulation over several uses, dropout masks; values against 
 import numpy as np
 import pytest
 
-from odc.errors import OdcError
+from odc.errors import CompileError, OdcError, SourceFile, Span
 from odc.ir.graph import Graph, TensorType
 from odc.ir.passes import autodiff
 from odc.ir.verify import verify
+from odc.ir.vjp import Emit
 from odc.runtime import interp
 
 
@@ -118,3 +119,29 @@ def test_cross_entropy_is_stable_for_huge_logits():
 def test_unknown_loss():
     with pytest.raises(OdcError, match="unknown loss 'hinge'; odc knows cross_entropy, mse"):
         autodiff.run(mlp(), loss="hinge")
+
+
+@pytest.mark.parametrize("logits", [("f32", ("N",)), ("i32", ("N", 3)), ("f32", ("N", "M"))])
+def test_logits_that_are_not_float_batch_by_classes_are_a_compile_error_at_their_node(logits):
+    """The front end rejects such models; a graph made otherwise gets a located error, not a
+    traceback."""
+    g, t = Graph("M"), TensorType(*logits)
+    span = Span(SourceFile("m.od", "model M():\n    return x\n"), 2, 12, 2, 13)
+    x = g.add("input", type=t, name="x", span=span)
+    g.outputs = [("logits", g.add("add", (x, x), type=t, span=span))]
+    with pytest.raises(CompileError) as e:
+        autodiff.run(g)
+    assert (e.value.path, e.value.line, e.value.col) == ("m.od", 2, 12)
+    assert e.value.first.message == (f"cross_entropy needs float logits [batch, classes] with a known number of "
+                                     f"classes; the model returns {t}")
+
+
+def test_emit_reports_a_type_error_at_its_span():
+    g = Graph("M")
+    a = g.add("input", type=TensorType("f32", ("N", 3)), name="a")
+    b = g.add("input", type=TensorType("f32", (4,)), name="b")
+    span = Span(SourceFile("m.od", "x\n"), 1, 1, 1, 2)
+    with pytest.raises(CompileError) as e:
+        Emit(g, span)("add", a, b)
+    assert (e.value.line, e.value.col) == (1, 1)
+    assert e.value.first.message == "incompatible shapes for broadcasting in add: f32[N, 3] and f32[4]"

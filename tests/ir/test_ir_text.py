@@ -1,4 +1,6 @@
 """The IR printer and parser round-trip, and the verifier rejects malformed graphs."""
+import json
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -101,3 +103,24 @@ def test_parse_errors_are_user_errors():
         parse_graph("func @M( {")
     with pytest.raises(OdcError, match="used before it is defined"):
         parse_graph("func @M() {\n  %0 = relu(%9) : f32[2]\n}\n")
+
+
+@pytest.mark.parametrize("path", ["models/lenet5.od", "my models/a(b).od", 'odd "quoted" \\ path:1:2.od',
+                                  "ünï cödé.od"])
+def test_source_paths_print_quoted_and_parse_back(path):
+    g = Graph("M")
+    span = Span(SourceFile(path, ""), 3, 7, 3, 9)
+    x = g.add("input", type=TensorType("f32", ("N", 2)), name="x", span=span)
+    g.outputs = [("logits", g.add("relu", [x], type=TensorType("f32", ("N", 2)), span=span))]
+    text = print_graph(g)
+    assert "  loc(" + json.dumps(path, ensure_ascii=False) + ":3:7)" in text
+    again = parse_graph(text)
+    assert [(n.span.path, n.span.line, n.span.col) for n in again.nodes()] == [(path, 3, 7)] * 2
+    assert print_graph(again) == text
+
+
+def test_string_attributes_with_quotes_and_backslashes_parse_back():
+    g = Graph("M")
+    x = g.add("input", type=TensorType("f32", (2,)), attrs={"note": 'a "b" \\ c'}, name="x")
+    g.outputs = [("out", x)]
+    assert parse_graph(print_graph(g)).node(x).attrs == {"note": 'a "b" \\ c'}

@@ -8,7 +8,8 @@
 2. The loss: a new `input %label: i32[N]` and, on the model's output (the logits),
    `cross_entropy(logits, label)` (the batch mean of -log_softmax(logits)[label], computed with
    a stable log-sum-exp) or `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
-   with a float `input %target` of the logits' type instead.
+   with a float `input %target` of the logits' type instead. The front end reserves both names
+   (`RESERVED`), and checks that the logits are floats [batch, classes].
 3. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
    order and each node's VJP rule (`odc.ir.vjp`) turns the gradient of its result into
    gradients of its operands. A value used several times gets the sum of the contributions
@@ -31,6 +32,7 @@ from odc.ir.vjp import Emit, count, gradient
 
 name = "autodiff"
 LOSSES = ("cross_entropy", "mse")
+RESERVED = ("label", "target")  # the names of the inputs this pass adds
 
 
 def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
@@ -44,12 +46,12 @@ def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
     logits = g.outputs[0][1]
     lt = g.type(logits)
     e = Emit(g, g.node(logits).span)
+    if lt.rank != 2 or not lt.is_float or not isinstance(lt.shape[1], int):
+        raise CompileError(Diagnostic(f"{loss} needs float logits [batch, classes] with a known number of "
+                                      f"classes; the model returns {lt}", g.node(logits).span))
     if loss == "mse" and target == "float":
         y = g.add("input", type=lt, name="target")
     else:
-        if lt.rank != 2:
-            raise OdcError(f"{loss} with integer labels needs [batch, classes] logits; the model "
-                           f"returns {lt}")
         y = g.add("input", type=TensorType("i32", lt.shape[:1]), name="label")
         if loss == "mse":
             y = e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)

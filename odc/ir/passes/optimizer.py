@@ -1,27 +1,31 @@
 """Optimizer lowering: the loss-and-gradients graph becomes one training step.
 
 The optimizer of the train block (default `sgd(lr=0.01)`) is written out as elementwise ops
-(`mul`, `add`, `sub`, `div`, `sqrt`, `exp` and scalar `const`s), so that a fusion pass can turn
-each parameter's update into one loop. Its state becomes explicit: `state` arguments, zero at
-the start, whose next values are outputs, so one call of the graph is one step:
+(`mul`, `add`, `sub`, `div`, `sqrt` and scalar `const`s), so that a fusion pass can turn each
+parameter's update into one loop. Its state becomes explicit: `state` arguments, zero at the
+start unless said otherwise, whose next values are outputs, so one call of the graph is one step:
 
 - `sgd(lr, momentum=0, nesterov=false, weight_decay=0)`, as torch.optim.SGD (no dampening):
   g = grad + wd*p; buf = momentum*buf + g (state `<param>.momentum_buffer`);
   g = g + momentum*buf with nesterov, else buf; p = p - lr*g.
 - `adam(lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0)`, as torch.optim.Adam:
-  t = step + 1 (state `step`, a scalar shared by all parameters); g = grad + wd*p;
-  m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g (states `<param>.exp_avg`, `.exp_avg_sq`);
-  p = p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps), with b^t = exp(t*ln b).
+  g = grad + wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g (states `<param>.exp_avg`,
+  `.exp_avg_sq`); p = p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps) at step t. The
+  powers b1^t and b2^t are two scalar states shared by all parameters, `adam.beta1_power` and
+  `adam.beta2_power` (one at the start), each multiplied by its beta at every step.
 - `adamw(...)`: Adam with decoupled decay (default weight_decay=0.01, as torch.optim.AdamW):
   p is first scaled by 1 - lr*wd, and the decay is not added to the gradient.
 
-Outputs: `loss`, `logits`, then `new.<param>` for each parameter and `new.<state>` for each
-state (those autodiff made first), in the order of the `state` arguments. The gradients are no
-longer outputs.
+The hyper-parameters are checked as torch.optim checks them (`hyper_parameters`); the front end
+reports the same problems at their place in the train block. The step is named
+`<model>.train_step`. Outputs: `loss`, `logits`, then `new.<param>` for each parameter and
+`new.<state>` for each state (those autodiff made first), in the order of the `state`
+arguments. The gradients are no longer outputs. No parameter can be named like Adam's powers:
+the front end's names have no dot, or a digit before it.
 """
 from __future__ import annotations
 
-from math import log
+import sys
 
 from odc.errors import OdcError
 from odc.ir.graph import Graph, TensorType
@@ -30,27 +34,62 @@ from odc.ir.vjp import Emit
 
 name = "optimizer"
 
-DEFAULTS = {
-    "sgd": {"lr": 0.01, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    "adam": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
-    "adamw": {"lr": 0.001, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+# each optimizer's hyper-parameters and their defaults (PyTorch's); lr has none
+OPTIMIZERS = {
+    "sgd": {"lr": None, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    "adam": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
+    "adamw": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
 }
+DEFAULT = {"name": "sgd", "lr": 0.01}  # the optimizer of a model without a train block
+# what each hyper-parameter must be (as torch.optim requires, but lr > 0): in words, and the test
+VALID = {"lr": ("a number > 0", lambda v: v > 0),
+         "momentum": ("a number >= 0", lambda v: v >= 0),
+         "weight_decay": ("a number >= 0", lambda v: v >= 0),
+         "eps": ("a number >= 0", lambda v: v >= 0),
+         "beta1": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+         "beta2": ("a number in [0, 1)", lambda v: 0 <= v < 1)}
+
+
+def invalid(key: str, value) -> str | None:
+    """What hyper-parameter `key` must be, in words, if `value` is not that; else None."""
+    if key == "nesterov":
+        return None if isinstance(value, bool) else "true or false"
+    words, ok = VALID[key]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+    return None if number and ok(value) else words
+
+
+def hyper_parameters(spec: dict) -> dict:
+    """`spec` ({"name": ..., hyper-parameter: value, ...}) checked and completed with the
+    defaults: {"name": ..., "lr": ..., ...}. Raises OdcError."""
+    spec = dict(spec)
+    kind = spec.pop("name", None)
+    if kind not in OPTIMIZERS:
+        raise OdcError(f"unknown optimizer '{kind}'; odc knows {', '.join(OPTIMIZERS)}")
+    unknown = set(spec) - set(OPTIMIZERS[kind])
+    if unknown:
+        raise OdcError(f"{kind} has no option {', '.join(sorted(unknown))}; "
+                       f"its options are {', '.join(OPTIMIZERS[kind])}")
+    hp = {**OPTIMIZERS[kind], **spec}
+    for key, value in hp.items():
+        if key == "lr" and value is None:
+            raise OdcError(f"{kind} needs a learning rate lr")
+        problem = invalid(key, value)
+        if problem:
+            raise OdcError(f"{kind}: {key} must be {problem}, got {value!r}")
+    if hp.get("nesterov") and hp["momentum"] == 0:
+        raise OdcError("sgd: nesterov needs a momentum > 0")
+    return {"name": kind, **hp}
 
 
 def run(g: Graph, optimizer: dict | None = None) -> Graph:
     """`optimizer` is {"name": "sgd" | "adam" | "adamw", hyper-parameter: value, ...}; by
     default the train block's."""
-    spec = dict(optimizer or g.meta.get("recipe", {}).get("optimizer") or {"name": "sgd"})
-    kind = spec.pop("name")
-    if kind not in DEFAULTS:
-        raise OdcError(f"unknown optimizer '{kind}'; odc knows {', '.join(DEFAULTS)}")
-    unknown = set(spec) - set(DEFAULTS[kind])
-    if unknown:
-        raise OdcError(f"{kind} has no option {', '.join(sorted(unknown))}; "
-                       f"its options are {', '.join(DEFAULTS[kind])}")
-    hp = {**DEFAULTS[kind], **spec}
+    hp = hyper_parameters(optimizer or g.meta.get("recipe", {}).get("optimizer") or DEFAULT)
     g = g.copy()
+    g.name = f"{g.name}.train_step"
     states: list[tuple[int, int]] = []  # (state node, its next value), in creation order
+    kind = hp["name"]
     update = _sgd(g, hp, states) if kind == "sgd" else _adam(g, hp, states, decoupled=kind == "adamw")
     carried = [(n, v) for n, v in g.outputs if n.startswith("new.")]  # from autodiff
     g.outputs = [("loss", g.output("loss")), ("logits", g.output("logits"))] + [
@@ -59,8 +98,8 @@ def run(g: Graph, optimizer: dict | None = None) -> Graph:
     return dce.run(g)
 
 
-def _state(g: Graph, name: str, type: TensorType) -> int:
-    return g.add("state", attrs={"init": "zeros"}, type=type, name=name)
+def _state(g: Graph, name: str, type: TensorType, init: str = "zeros") -> int:
+    return g.add("state", attrs={"init": init}, type=type, name=name)
 
 
 def _axpy(e: Emit, a: float, x: int, y: int) -> int:
@@ -86,12 +125,14 @@ def _adam(g: Graph, hp: dict, states: list, decoupled: bool) -> dict[int, int]:
     b1, b2, wd, lr = hp["beta1"], hp["beta2"], hp["weight_decay"], hp["lr"]
     dt = g.type(g.output("loss")).dtype
     e = Emit(g)
-    step = _state(g, "step", TensorType(dt, ()))
-    t = e("add", step, e.const(1, dt))
-    states.append((step, t))
     one = e.const(1, dt)
-    step_size = e("div", e.const(lr, dt), e("sub", one, e("exp", e("mul", t, e.const(log(b1), dt)))))
-    sqrt_bc2 = e("sqrt", e("sub", one, e("exp", e("mul", t, e.const(log(b2), dt)))))
+    bias_corrections = []  # 1 - b^t for b = b1, b2
+    for k, b in ((1, b1), (2, b2)):
+        power = _state(g, f"adam.beta{k}_power", TensorType(dt, ()), "ones")
+        states.append((power, e("mul", power, e.const(b, dt))))
+        bias_corrections.append(e("sub", one, states[-1][1]))
+    step_size = e("div", e.const(lr, dt), bias_corrections[0])
+    sqrt_bc2 = e("sqrt", bias_corrections[1])
     new = {}
     for p in g.params():
         e, grad, param = Emit(g, p.span), g.output(f"grad.{p.name}"), p.id
