@@ -131,10 +131,10 @@ class Model:
         self._executor = executor
         self._graphs: dict[tuple, Graph] = {}
         self._compiled: dict[tuple, Callable] = {}
-        self._rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(seed)
         train = self._graph("train")
-        self.params = {p.name: init_param(p, self._rng) for p in train.params()}
-        self.state = {s.name: init_param(s, self._rng) for s in train.args_of("state")}
+        self.params = {p.name: init_param(p, self.rng) for p in train.params()}
+        self.state = {s.name: init_param(s, self.rng) for s in train.args_of("state")}
 
     # -- the public entry points ------------------------------------------------------------
     def forward(self, x) -> np.ndarray:
@@ -186,7 +186,7 @@ class Model:
         if not feeds[image.name].size:
             raise OdcError(f"input '{image.name}' got an empty batch (an array of shape "
                            f"{list(feeds[image.name].shape)}); a batch holds at least one image")
-        feeds.update(dropout_masks(g, bindings, self._rng))
+        feeds.update(dropout_masks(g, bindings, self.rng))
         key = (kind, target, tuple(sorted(bindings.items())))
         if key not in self._compiled:
             self._compiled[key] = self._executor(shape_infer.run(g, bindings))

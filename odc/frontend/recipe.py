@@ -11,10 +11,8 @@ from odc.frontend import ast
 from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import DEFAULT, OPTIMIZERS, hyper_parameters, invalid
-from odc.runtime.data import EMNIST_SPLITS
+from odc.runtime.data import EMNIST_CLASSES, EMNIST_SPLITS
 
-# classes per EMNIST split (letters has labels 1..26, which the loader maps to classes 0..25)
-EMNIST_CLASSES = {"balanced": 47, "bymerge": 47, "byclass": 62, "letters": 26, "digits": 10, "mnist": 10}
 DATA = {"emnist": "split", "mnist": "", "fashion_mnist": "", "idx": "dir"}
 
 

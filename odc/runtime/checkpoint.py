@@ -121,7 +121,7 @@ def restore(model, ckpt: Checkpoint) -> None:
                                f"{list(have[name].shape)} in the model")
             have[name][...] = value
     if "model" in ckpt.rng:
-        model._rng.bit_generator.state = ckpt.rng["model"]
+        model.rng.bit_generator.state = ckpt.rng["model"]
 
 
 def build(ckpt: Checkpoint):

@@ -157,7 +157,7 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
             f"test loss {ev.loss:.4f}  test accuracy {ev.accuracy:6.2%}  "
             f"{record['samples_per_s']:,.0f} images/s  {seconds:.1f}s")
         ckpt.epoch = epoch
-        ckpt.rng = {"shuffle": rng.bit_generator.state, "model": model._rng.bit_generator.state}
+        ckpt.rng = {"shuffle": rng.bit_generator.state, "model": model.rng.bit_generator.state}
         ckpt.history.append(record)
         ckpt.params = dict(model.params)
         ckpt.state = dict(model.state)
