@@ -150,6 +150,10 @@ class KernelBuilder:
     def mask(n: int, lanes: int) -> ir.Constant:
         return ir.Constant(vec(n, I1), [i < lanes for i in range(n)])
 
+    def tail_mask(self, lanes: int) -> ir.Constant | None:
+        """The mask of a vector whose first `lanes` lanes are used (None for all of them)."""
+        return self.mask(VW, lanes) if lanes < VW else None
+
     @staticmethod
     def lane_mask(bits) -> ir.Constant:
         return ir.Constant(vec(len(bits), I1), [bool(x) for x in bits])
@@ -176,8 +180,8 @@ class KernelBuilder:
             st = self.b.store(value, ptr)
             st.align = _SIZE[vt.element]
             return
-        call = self.b.call(self._intrinsic(f"llvm.masked.store.{_suffix(vt)}.p0", VOID, [vt, PTR, vec(vt.count, I1)]),
-                           [value, ptr, mask])
+        store = self._intrinsic(f"llvm.masked.store.{_suffix(vt)}.p0", VOID, [vt, PTR, vec(vt.count, I1)])
+        call = self.b.call(store, [value, ptr, mask])
         call.arg_attributes[1] = ir.values.ArgumentAttributes()
         call.arg_attributes[1].align = _SIZE[vt.element]
 
@@ -216,8 +220,8 @@ class KernelBuilder:
         c = lambda v: ir.Constant(t, v)  # noqa: E731
         it = vec(t.count, I32) if isinstance(t, ir.VectorType) else I32
         i = lambda v: ir.Constant(it, v)  # noqa: E731
-        xc = self.call(f"llvm.minnum.{_suffix(t)}", t, [self.call(f"llvm.maxnum.{_suffix(t)}", t, [x, c(-104.0)]),
-                                                        c(89.0)])
+        xc = self.call(f"llvm.maxnum.{_suffix(t)}", t, [x, c(-104.0)])
+        xc = self.call(f"llvm.minnum.{_suffix(t)}", t, [xc, c(89.0)])
         n = self.unary_math("rint", b.fmul(xc, c(1.4426950408889634)))
         r = b.fsub(b.fsub(xc, b.fmul(n, c(0.693359375))), b.fmul(n, c(-2.12194440e-4)))
         p = c(1.9875691500e-4)

@@ -4,8 +4,9 @@ Key = SHA-256 of the canonical IR text (after fusion and memory planning, so the
 are in it), the code generation options, the odc version, a hash of the compiler's own
 source (so an edited compiler never loads stale code), the LLVM version and the host CPU name
 and features. No modification times are involved. An entry is ``KEY.o`` (the object file)
-and ``KEY.json`` (how to call it), written atomically, under ``$ODC_CACHE_DIR/jit``
-(default ``~/.cache/odc/jit``). ``ODC_ALWAYS_COMPILE=1`` bypasses the cache.
+and ``KEY.json`` (how to call it, and the object's SHA-256, checked before loading), each
+written atomically, under ``$ODC_CACHE_DIR/jit`` (default ``~/.cache/odc/jit``).
+``ODC_ALWAYS_COMPILE=1`` bypasses the cache.
 """
 from __future__ import annotations
 
@@ -52,6 +53,8 @@ def key(ir_text: str, options: dict, llvm_version: str, cpu: str, features: str)
 
 
 def load(k: str) -> tuple[bytes, dict] | None:
+    """The object code and metadata stored under key `k`, or None (also for an entry whose
+    object file does not match the checksum stored with it)."""
     if not enabled():
         return None
     d = cache_dir()
@@ -60,6 +63,8 @@ def load(k: str) -> tuple[bytes, dict] | None:
         obj = (d / f"{k}.o").read_bytes()
     except (OSError, ValueError):
         return None
+    if meta.get("sha256") != hashlib.sha256(obj).hexdigest():
+        return None
     return obj, meta
 
 
@@ -67,6 +72,7 @@ def store(k: str, obj: bytes, meta: dict) -> None:
     if not enabled():
         return
     d = cache_dir()
+    meta = {**meta, "sha256": hashlib.sha256(obj).hexdigest()}
     try:
         d.mkdir(parents=True, exist_ok=True)
         for name, data in ((f"{k}.o", obj), (f"{k}.json", json.dumps(meta).encode())):

@@ -24,7 +24,7 @@ from llvmlite import ir
 from odc.codegen.builder import I32, I64, PTR, VOID, KernelBuilder
 from odc.errors import OdcError
 from odc.ir.graph import Graph
-from odc.ir.passes import fuse, plan_memory
+from odc.ir.passes import dce, fuse, plan_memory
 
 PARALLEL_COST = 40_000  # estimated cycles below which a kernel stays on the calling thread
 ENTRY = "odc_step"
@@ -53,13 +53,13 @@ class Layout:
 
 
 def prepare(g: Graph) -> Graph:
-    """Fuse and plan memory unless the pipeline already did."""
+    """Remove dead code, fuse and plan memory, unless the pipeline already did."""
     for n in g.nodes():
         if not n.type.is_concrete:
             raise OdcError(f"cannot compile @{g.name}: %{n.name or n.id} has the symbolic type {n.type}; "
                            "bind every size symbol first (shape_infer.run(g, bindings={...}))")
     if "arena_bytes" not in g.meta:
-        g = plan_memory.run(fuse.run(g))
+        g = plan_memory.run(fuse.run(dce.run(g)))
     return g
 
 

@@ -3,6 +3,8 @@ and that a fused, planned graph computes what the numpy reference interpreter co
 from pathlib import Path
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import odc
 from odc.codegen import compile_graph
@@ -145,7 +147,8 @@ def test_no_two_live_values_share_memory():
     values = [n.id for n in g.nodes() if "arena" in n.attrs]
     live = {v: (step[v], max(readers.get(v, [step[v]]) + ([len(kernels)] if v in copied else [])))
             for v in values}
-    span = {v: (g.node(v).attrs["arena"], g.node(v).attrs["arena"] + plan_memory.nbytes(g, v)) for v in values}
+    span = {v: (g.node(v).attrs["arena"], g.node(v).attrs["arena"] + plan_memory.nbytes(g, v))
+            for v in values}
     assert max(e for _, e in span.values()) <= g.meta["arena_bytes"]
     shared = 0
     for i, u in enumerate(values):
@@ -184,3 +187,47 @@ def test_a_symbolic_graph_is_left_for_code_generation_to_plan():
     concrete = shape_infer.run(planned, {"N": 3})
     x = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
     np.testing.assert_array_equal(compile_graph(concrete)(x=x)["y"], np.maximum(x, 0).T)
+
+
+@st.composite
+def random_graph(draw):
+    """A random DAG over [6, 20] values: elementwise ops (with broadcast operands), products
+    that can anchor epilogues, reductions, transposes; several values are returned."""
+    g = Graph("random")
+    vals = [arg(g, "x", 6, 20), arg(g, "y", 6, 20), arg(g, "w", 20, 20, kind="param")]
+    b = arg(g, "b", 20, kind="param")
+    for _ in range(draw(st.integers(4, 14))):
+        pick = lambda: vals[draw(st.integers(0, len(vals) - 1))]  # noqa: E731
+        a = pick()
+        if g.type(a).shape == (20, 20):
+            a = node(g, "matmul", vals[0], a)
+        op = draw(st.sampled_from(["relu", "neg", "tanh", "add", "mul", "sub", "add_bias", "matmul",
+                                   "linear", "rowsum", "transpose2"]))
+        if op in ("relu", "neg", "tanh"):
+            v = node(g, op, a)
+        elif op in ("add", "mul", "sub"):
+            other = pick()
+            v = node(g, op, a, other if g.type(other).shape == g.type(a).shape else a)
+        elif op == "add_bias":
+            v = node(g, "add", a, b)
+        elif op == "matmul":
+            v = node(g, "matmul", a, vals[2])
+        elif op == "linear":
+            v = node(g, "linear", a, vals[2], b)
+        elif op == "rowsum":
+            v = node(g, "mul", a, node(g, "sum", a, axis=1, keepdims=True))
+        else:
+            v = node(g, "transpose", node(g, "relu", node(g, "transpose", a, perm=[1, 0])), perm=[1, 0])
+        vals.append(v)
+    returned = draw(st.lists(st.integers(3, len(vals) - 1), min_size=1, max_size=4, unique=True))
+    g.outputs = [(f"out{i}", vals[i]) for i in sorted(set(returned) | {len(vals) - 1})]
+    return g
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(random_graph())
+def test_random_graphs_compute_what_the_interpreter_computes(g):
+    feeds = feeds_for(g, seed=2)
+    feeds["w"] *= 0.2
+    assert_matches_interpreter(g, feeds, atol=1e-4)

@@ -84,6 +84,9 @@ def test_the_disk_cache_is_hit_and_can_be_bypassed(tmp_path, monkeypatch):
             compile_graph(g)
     for name in first:
         np.testing.assert_array_equal(first[name], again[name])
+    (obj,) = (tmp_path / "jit").glob("*.o")
+    obj.write_bytes(obj.read_bytes()[:100])  # a damaged entry is recompiled, not loaded
+    np.testing.assert_array_equal(compile_graph(g)(f)["y"], first["y"])
     compile_graph(conv_graph(4))  # another graph, another entry
     assert len(list((tmp_path / "jit").glob("*.o"))) == 2
     assert cache.clear() == 2 and not (tmp_path / "jit").exists()

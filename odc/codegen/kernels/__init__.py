@@ -24,7 +24,7 @@ def lowering(*names):
     return register
 
 
-from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: E402,F401
+from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: E402,F401 (registers)
 
 
 def lower_group(g: Graph, grp: Group) -> Kernel:
@@ -34,7 +34,7 @@ def lower_group(g: Graph, grp: Group) -> Kernel:
     head = grp.anchor if grp.anchor is not None else grp.nodes[0]
     node = g.node(head)
     if node.op not in LOWER:
-        raise OdcError(f"the compiler cannot generate code for {node.op} yet")
+        raise OdcError(f"the compiler cannot generate code for {node.op} on {node.type} yet")
     if node.type.dtype not in ("f32",) and node.op not in layout.ANY_DTYPE:
         raise OdcError(f"the compiler generates {node.op} for f32 tensors only, got {node.type}")
     k = LOWER[node.op](g, head)

@@ -224,7 +224,7 @@ def _grad_weight_tile(kb, dy, x, dw, o0, rows, cc, a, i_lo, i_hi, images, dims, 
             x_row = kb.gep(kb.ptr(x), kb.add(kb.mul(kb.add(kb.mul(img, c), cc), h * wd),
                                              kb.mul(kb.add(kb.add(kb.mul(i, s), -p), a), wd)))
             for j0, lanes in segments:
-                dmask = kb.mask(VW, lanes) if lanes < VW else None
+                dmask = kb.tail_mask(lanes)
                 dv = [kb.vload(ptr, j0, mask=dmask) for ptr in dy_rows]
                 for q in range(kw):
                     valid = [l < lanes and 0 <= (j0 + l) * s + q - p < wd for l in range(VW)]

@@ -139,7 +139,7 @@ def kernel(g: Graph, members: list[int], stored: list[int], rows: bool = False) 
     for d in shape:
         numel *= d
     cost = numel * (sum(OPS[g.node(m).op][1] for m in members if g.node(m).op in OPS)
-                    + 0.5 * len(operands))
+                    + 0.2 * len(operands))
 
     def emit(kb: KernelBuilder, lo, hi):
         def body(offsets):
@@ -150,7 +150,8 @@ def kernel(g: Graph, members: list[int], stored: list[int], rows: bool = False) 
                 if v not in vals:
                     n = g.node(v)
                     if v in member and n.op == "const":
-                        vals[v] = ir.Constant(ty, float(n.attrs["value"]))
+                        value = n.attrs["value"]
+                        vals[v] = ir.Constant(ty, float(value) if n.type.is_float else int(value))
                     elif v in member:
                         vals[v] = OPS[n.op][0](kb, [val(a) for a in n.args], n.attrs)
                     elif v in kb.consts:

@@ -89,7 +89,7 @@ def col_tiles(kb: KernelBuilder, n: int, nv: int, tile) -> None:
 
 def contiguous_b(kb: KernelBuilder, ptr, lanes_last: int, nv: int):
     """A `b_load` for rows of B contiguous along the columns; masks the last partial vector."""
-    mask = kb.mask(VW, lanes_last) if lanes_last < VW else None
+    mask = kb.tail_mask(lanes_last)
     return lambda v, off: kb.vload(ptr, kb.add(off, v * VW), mask=mask if v == nv - 1 else None)
 
 
@@ -100,7 +100,7 @@ def store_tile(kb: KernelBuilder, accs, c_ptrs, lanes_last: int, bias=None):
         for v, acc in enumerate(row):
             if bias is not None:
                 acc = kb.b.fadd(acc, kb.splat(bias[r]))
-            kb.vstore(acc, c_ptrs[r], v * VW, mask=kb.mask(VW, lanes_last) if v == nv - 1 and lanes_last < VW else None)
+            kb.vstore(acc, c_ptrs[r], v * VW, mask=kb.tail_mask(lanes_last) if v == nv - 1 else None)
 
 
 def tile_shape(m: int, n: int) -> tuple[int, int]:

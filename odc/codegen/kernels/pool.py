@@ -38,7 +38,7 @@ def pool2d(g: Graph, nid: int) -> Kernel:
                         acc = kb.maximum(acc, v) if is_max else b.fadd(acc, v)
                     if not is_max:
                         acc = b.fdiv(acc, kb.splat(kb.const(float(k * k))))
-                    kb.vstore(acc, dst, kb.add(kb.mul(i, wo), j0), mask=kb.mask(VW, lanes) if lanes < VW else None)
+                    kb.vstore(acc, dst, kb.add(kb.mul(i, wo), j0), mask=kb.tail_mask(lanes))
                 col_tiles(kb, wo, 1, tile)
 
     return Kernel([x, nid], n, node.type.numel * k * k / 4, emit, names=[node.op])
@@ -50,7 +50,7 @@ def _window_row(kb: KernelBuilder, src, i, j0, ki: int, k: int, s: int, w: int, 
     last needed input) and deinterleaves it with shuffles."""
     need = (lanes - 1) * s + k  # inputs of the row segment that the windows use
     base = kb.gep(src, kb.add(kb.mul(kb.add(kb.mul(i, s), ki), w), kb.mul(j0, s)))
-    parts = [kb.vload(base, t * VW, mask=kb.mask(VW, need - t * VW) if need - t * VW < VW else None)
+    parts = [kb.vload(base, t * VW, mask=kb.tail_mask(need - t * VW))
              for t in range(-(-need // VW))]
     wide = _concat(kb, parts)
     return [kb.b.shuffle_vector(wide, wide, _lanes([min(l * s + kj, need - 1) for l in range(VW)]))
@@ -88,7 +88,7 @@ def pool2d_grad(g: Graph, nid: int) -> Kernel:
     x = node.args[1] if is_max else None
     body = _tiled_grad if k == s else _overlapping_grad
     values = [dy, nid] + ([x] if is_max else [])
-    return Kernel(values, n, n * c * (h * w + ho * wo * k * k),
+    return Kernel(values, n, n * c * (h * w + ho * wo * k * k) / 4,
                   lambda kb, lo, hi: body(kb, kb.mul(lo, c), kb.mul(hi, c), dy, x, nid, (h, w, ho, wo, k, s)),
                   names=[node.op])
 
@@ -110,7 +110,7 @@ def _tiled_grad(kb: KernelBuilder, lo, hi, dy, x, dx, dims) -> None:
             _zero(kb, dst, h * w)
         with kb.loop(0, ho) as i:
             def tile(j0, _, lanes):
-                mask = kb.mask(VW, lanes) if lanes < VW else None
+                mask = kb.tail_mask(lanes)
                 gv = kb.vload(grad, kb.add(kb.mul(i, wo), j0), mask=mask)
                 if src is None:
                     share = b.fdiv(gv, kb.splat(kb.const(float(k * k))))
@@ -130,13 +130,14 @@ def _tiled_grad(kb: KernelBuilder, lo, hi, dy, x, dx, dims) -> None:
                             out[-1].append(b.select(take, gv, zero))
                 for ki in range(k):
                     wide = _concat(kb, out[ki])
-                    inter = b.shuffle_vector(wide, wide, _lanes(q * VW + l for l in range(VW) for q in range(k)))
+                    order = _lanes(q * VW + lane for lane in range(VW) for q in range(k))
+                    inter = b.shuffle_vector(wide, wide, order)
                     row = kb.gep(dst, kb.add(kb.mul(kb.add(kb.mul(i, k), ki), w), kb.mul(j0, k)))
                     for t in range(k):
                         part = b.shuffle_vector(inter, inter, _lanes(range(t * VW, (t + 1) * VW)))
                         valid = lanes * k - t * VW
                         if valid > 0:
-                            kb.vstore(part, row, t * VW, mask=kb.mask(VW, valid) if valid < VW else None)
+                            kb.vstore(part, row, t * VW, mask=kb.tail_mask(valid))
             col_tiles(kb, wo, 1, tile)
 
 

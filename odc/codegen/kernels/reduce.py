@@ -119,8 +119,10 @@ def row_max_logsumexp(kb: KernelBuilder, ptr, base, n, stride):
     vt = vec(VW)
     ninf, zero = ir.Constant(vt, float("-inf")), ir.Constant(vt, 0.0)
     m = kb.var(vt, ninf, "m")
-    row_vectors(kb, n, lambda off, mask: kb.set(m, kb.maximum(
-        kb.get(m), kb.vload(row, off) if mask is None else b.select(mask, kb.vload(row, off, mask=mask), ninf))))
+    def fold_max(off, mask):
+        v = kb.vload(row, off, mask=mask)
+        kb.set(m, kb.maximum(kb.get(m), v if mask is None else b.select(mask, v, ninf)))
+    row_vectors(kb, n, fold_max)
     mx = kb.call("llvm.vector.reduce.fmaximum.v16f32", F32, [kb.get(m)])
     s = kb.var(vt, zero, "s")
 
@@ -157,7 +159,7 @@ def softmax(g: Graph, nid: int) -> Kernel:
                     v = b.fsub(b.fsub(kb.load(kb.ptr(x), off), mx), lse)
                     kb.store(kb.exp(v) if node.op == "softmax" else v, kb.ptr(nid), off)
 
-    return Kernel([x, nid], outer * inner, node.type.numel * 30, emit, names=[node.op])
+    return Kernel([x, nid], outer * inner, node.type.numel * (3 if inner == 1 else 30), emit, names=[node.op])
 
 
 @lowering("cross_entropy")

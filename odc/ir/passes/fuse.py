@@ -179,5 +179,6 @@ def groups(g: Graph) -> list[Group]:
         anchor = next((m for m in nodes if g.node(m).op in ANCHORS), None)
         stored = [m for m in nodes
                   if m == anchor or m in outputs or any(u not in member for u in g.users(m))]
-        result.append(Group(nodes, anchor, stored))
+        if stored:  # else dead code
+            result.append(Group(nodes, anchor, stored))
     return result
