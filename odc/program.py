@@ -7,8 +7,8 @@ and *train* (after `optimizer`: one training step). Each
 graph is written for a symbolic batch size; at each call it is specialised to the batch it is
 given (shape inference with the symbol bound), compiled by the model's executor once per batch
 size, and run. An executor is any function from a graph with concrete shapes to a function from
-argument arrays (by name) to output arrays (by name): the numpy reference interpreter
-(`odc.runtime.interp.compile_graph`) or compiled code.
+argument arrays (by name) to output arrays (by name): compiled machine code by default
+(`odc.codegen.compile_graph`), or the numpy reference interpreter (`odc.runtime.interp.compile_graph`).
 
 Parameters are drawn from their `init` attributes with the recipe's seed (PyTorch's default
 initialisation, which the front end writes as `uniform` bounds for the layers' parameters).
@@ -26,7 +26,7 @@ import numpy as np
 from odc.errors import OdcError, SourceFile
 from odc.ir import ops
 from odc.ir.graph import Graph, Node
-from odc.ir.passes import PIPELINE, shape_infer
+from odc.ir.passes import PIPELINE
 from odc.ir.verify import verify
 from odc.runtime import interp
 
@@ -54,10 +54,12 @@ class Program:
         # may be edited before compile()
         self.recipe = dict(graph.meta.get("recipe") or Recipe(graph.name).as_dict())
 
-    def stages(self, kind: str = "train", **options) -> list[tuple[str, Graph]]:
-        """The graph after each pass of the pipeline, for a graph of `kind` (see KINDS);
-        `options` maps a pass name to more keyword arguments of its `run`."""
-        options = {"autodiff": {"loss": self.recipe["loss"]},
+    def stages(self, kind: str = "train", bindings: dict[str, int] | None = None,
+               **options) -> list[tuple[str, Graph]]:
+        """The graph after each pass of the pipeline, for a graph of `kind` (see KINDS), with the
+        size symbols in `bindings` made concrete; `options` maps a pass name to more keyword
+        arguments of its `run`."""
+        options = {"shape-infer": {"bindings": bindings}, "autodiff": {"loss": self.recipe["loss"]},
                    "optimizer": {"optimizer": self.recipe["optimizer"]}} | options
         g = self.graph
         out = []
@@ -67,8 +69,8 @@ class Program:
                 out.append((p.name, g))
         return out
 
-    def lower(self, kind: str = "train", **options) -> Graph:
-        return self.stages(kind, **options)[-1][1]
+    def lower(self, kind: str = "train", bindings: dict[str, int] | None = None, **options) -> Graph:
+        return self.stages(kind, bindings, **options)[-1][1]
 
     def ir(self, after: str | None = None, format: str = "text") -> str:
         """The IR of the training step after the pass `after` (default: the last), or after each
@@ -85,7 +87,11 @@ class Program:
         return show(stages[after or names[-1]])
 
     def compile(self, executor: Executor | None = None, seed: int | None = None) -> "Model":
-        return Model(self, executor or interp.compile_graph,
+        """A model whose graphs run through `executor`: compiled machine code by default
+        (`odc.codegen.compile_graph`), or the numpy interpreter (`odc.runtime.interp.compile_graph`)."""
+        if executor is None:
+            from odc.codegen import compile_graph as executor
+        return Model(self, executor,
                      self.recipe.get("seed", 0) if seed is None else seed)
 
 
@@ -148,11 +154,12 @@ class Model:
         return float(out["loss"]), {k: out[f"grad.{k}"] for k in self.params}
 
     def train_step(self, x, y) -> float:
-        """One optimizer step on a batch; updates `params` and `state` in place and returns the
+        """One optimizer step on a batch; puts the new arrays into `params` and `state` and returns the
         loss before the step."""
         out = self._run("train", x, y)
-        for k, v in (*self.params.items(), *self.state.items()):
-            v[...] = out[f"new.{k}"]
+        for arrays in (self.params, self.state):
+            for k in arrays:  # outputs are fresh arrays: take them instead of copying
+                arrays[k] = out[f"new.{k}"]
         return float(out["loss"])
 
     def save(self, path) -> None:
@@ -164,11 +171,14 @@ class Model:
                               dict(self.state), recipe=prog.recipe))
 
     # -- machinery --------------------------------------------------------------------------
+    def _options(self, target: str) -> dict:
+        return {"autodiff": {"loss": self.program.recipe["loss"], "target": target}}
+
     def _graph(self, kind: str, target: str = "label") -> Graph:
+        """The graph of `kind` for a symbolic batch: what the arguments must look like."""
         key = (kind, target)
         if key not in self._graphs:
-            self._graphs[key] = self.program.lower(
-                kind, autodiff={"loss": self.program.recipe["loss"], "target": target})
+            self._graphs[key] = self.program.lower(kind, **self._options(target))
         return self._graphs[key]
 
     def _run(self, kind: str, x, y=None) -> dict[str, np.ndarray]:
@@ -189,7 +199,7 @@ class Model:
         feeds.update(dropout_masks(g, bindings, self.rng))
         key = (kind, target, tuple(sorted(bindings.items())))
         if key not in self._compiled:
-            self._compiled[key] = self._executor(shape_infer.run(g, bindings))
+            self._compiled[key] = self._executor(self.program.lower(kind, bindings, **self._options(target)))
         return self._compiled[key]({**feeds, **self.params, **self.state})
 
     def _targets(self, g: Graph, y) -> dict[str, np.ndarray]:
