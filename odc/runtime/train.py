@@ -26,6 +26,7 @@ import numpy as np
 
 import odc
 from odc.errors import OdcError
+from odc.frontend.lower import od_text
 from odc.ir.ops import cross_entropy_ref, log_softmax_ref
 from odc.runtime import checkpoint
 from odc.runtime.checkpoint import Checkpoint
@@ -175,7 +176,7 @@ def _epochs(n: int) -> str:
 
 def _describe(recipe: dict) -> str:
     opt = dict(recipe["optimizer"])
-    opt_text = f"{opt.pop('name')}(" + ", ".join(f"{k}={v}" for k, v in opt.items()) + ")"
+    opt_text = f"{opt.pop('name')}(" + ", ".join(f"{k}={od_text(v)}" for k, v in opt.items()) + ")"
     return (f"{recipe['loss']}, {opt_text}, batch {recipe['batch']}, {_epochs(recipe['epochs'])}, "
             f"seed {recipe['seed']}")
 
