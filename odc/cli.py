@@ -109,14 +109,116 @@ def _train():
 
 
 def _register_dump_ir(sub):
-    p = sub.add_parser("dump-ir", help="print a model's IR after a compiler pass",
+    p = sub.add_parser("dump-ir", help="print a model's IR after a compiler pass, or its generated code",
                        description="Print the IR of the model's training step after a pass of the "
-                                   "pipeline (default: the last), or after each pass with --after all.")
+                                   "pipeline (default: the last), or after each pass with --after all. "
+                                   "With --emit, print the code generated for a graph instead: LLVM IR "
+                                   "after LLVM's O3 pipeline (llvm) or the target CPU's assembly (asm), "
+                                   "of the --graph graph for --batch examples. Code is generated afresh, "
+                                   "so a dump is the same whether or not the JIT cache holds it. "
+                                   "ODC_CPU=NAME (an LLVM CPU name, e.g. haswell) shows another CPU's code.")
     p.add_argument("file", metavar="FILE", help="the .od file")
     p.add_argument("--model", metavar="NAME", help="the model to show when FILE has several")
     p.add_argument("--after", metavar="PASS", help="a pass name, or 'all'")
     p.add_argument("--format", choices=["text", "dot"], default="text", help="text IR or Graphviz dot")
-    p.set_defaults(func=lambda a: print(odc.load(a.file, model=a.model).ir(a.after, a.format), end=""))
+    p.add_argument("--emit", choices=["llvm", "asm"], help="print LLVM IR or assembly instead of the IR")
+    p.add_argument("--graph", choices=["train", "forward", "grads"],
+                   help="with --emit: the training step (train, the default), inference (forward), "
+                        "or the loss and gradients (grads)")
+    p.add_argument("--batch", metavar="N", type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
+                   help="with --emit: the batch size the code is specialised to (default: the train block's)")
+    p.set_defaults(func=_dump_ir)
+
+
+def _dump_ir(a):
+    prog = odc.load(a.file, model=a.model)
+    if a.emit is None:
+        if a.graph or a.batch:
+            raise OdcError("--graph and --batch choose the code that --emit shows; "
+                           "add --emit llvm or --emit asm")
+        print(prog.ir(a.after, a.format), end="")
+        return
+    if a.after or a.format != "text":
+        raise OdcError("--emit shows the code generated after the last pass; leave out --after and --format")
+    from odc.codegen import assembly, bench, llvm_ir
+    g = prog.lower(a.graph or "train", bench.batch_bindings(prog, a.batch or prog.recipe["batch"]))
+    print((llvm_ir if a.emit == "llvm" else assembly)(g), end="")
+
+
+def _register_bench(sub):
+    p = sub.add_parser("bench", help="compile times and throughput of a model's compiled code",
+                       description="Compile the model's training step and forward pass for each batch "
+                                   "size in a throwaway JIT cache, twice: cold (empty cache: every pass, "
+                                   "LLVM and code emission) and cached (a cache hit). Then time "
+                                   "Model.train_step and Model.forward on random data: median of --reps "
+                                   "calls after 3 warm-up calls, as samples per second.")
+    p.add_argument("file", metavar="FILE", help="the .od file")
+    p.add_argument("--model", metavar="NAME", help="the model to measure when FILE has several")
+    p.add_argument("--batch", metavar="N", nargs="+", default=[32, 256],
+                   type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
+                   help="batch sizes (default 32 256)")
+    p.add_argument("--threads", metavar="N", type=_number(int, lambda n: n >= 1, "a thread count >= 1"),
+                   help="threads per kernel (default: $ODC_NUM_THREADS, else every CPU this process may use)")
+    p.add_argument("--reps", metavar="N", type=_number(int, lambda n: n >= 1, "a count >= 1"), default=20,
+                   help="timed calls per measurement (default 20)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each kernel of the training step (compiled with ODC_PROFILE=1)")
+    p.set_defaults(func=_bench)
+
+
+def _bench(a):
+    from statistics import median
+
+    from odc.codegen import bench, jit, num_threads
+    from odc.codegen.builder import VW
+    if a.threads:
+        os.environ["ODC_NUM_THREADS"] = str(a.threads)
+    prog = odc.load(a.file, model=a.model)
+    threads = num_threads()
+    print(f"{prog.name} ({a.file}): {threads} thread{'s' * (threads > 1)}, {jit.target()[0]} "
+          f"({VW * 32}-bit vectors), median of {a.reps} calls")
+    head = f"{'batch':>5}  {'compile cold':>12}  {'cached':>8}  {'train step':>22}  {'inference':>22}"
+    print(head + "\n" + "-" * len(head))
+    profiles = []
+    for batch in a.batch:
+        with bench.private_cache():
+            cold, cached = bench.compile_seconds(prog, batch)
+            t = {k: median(v) for k, v in bench.throughput(prog, batch, a.reps).items()}
+            if a.profile:
+                profiles.append((batch, bench.kernel_profile(prog, batch, a.reps)))
+        print(f"{batch:>5}  {cold:>10.2f} s  {cached:>6.3f} s  "
+              + "  ".join(f"{t[k] * 1e3:8.3f} ms {batch / t[k]:>8,.0f}/s" for k in ("train", "forward")))
+    for batch, prof in profiles:
+        total = prof.pop("total")
+        print(f"\nbatch {batch}, training step: {total * 1e3:.3f} ms per call; median per kernel:")
+        for name, sec in prof.items():
+            if sec >= 0.01 * total:
+                name = name if len(name) <= 40 else name[:39] + "…"  # a fused kernel is named after its ops
+                print(f"  {name:<40} {sec * 1e3:8.3f} ms  {sec / total:6.1%}")
+        rest = [s for s in prof.values() if s < 0.01 * total]
+        print(f"  {f'{len(rest)} other kernels':<40} {sum(rest) * 1e3:8.3f} ms  {sum(rest) / total:6.1%}")
+
+
+def _register_cache(sub):
+    p = sub.add_parser("cache", help="show or empty the JIT cache of compiled code",
+                       description="The JIT cache lives in $ODC_CACHE_DIR/jit (default ~/.cache/odc/jit); "
+                                   "ODC_ALWAYS_COMPILE=1 bypasses it.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("info", help="where the cache is and how much it holds").set_defaults(func=_cache_info)
+    actions.add_parser("clear", help="delete every cached entry").set_defaults(func=_cache_clear)
+
+
+def _cache_info(a):
+    from odc.codegen import cache
+    entries, size = cache.usage()
+    print(f"{cache.cache_dir()}: {entries} entries, {size / 1e6:.1f} MB"
+          + ("" if cache.enabled() else " (bypassed: ODC_ALWAYS_COMPILE is set)"))
+
+
+def _cache_clear(a):
+    from odc.codegen import cache
+    print(f"removed {cache.clear()} entries from {cache.cache_dir()}")
 
 
 def _register_gradcheck(sub):
@@ -166,7 +268,7 @@ def _check(a):
 
 
 COMMANDS = [_register_data, _register_compile_and_train, _register_eval, _register_predict, _register_dump_ir,
-            _register_gradcheck, _register_check]
+            _register_gradcheck, _register_check, _register_bench, _register_cache]
 
 
 def main(argv=None) -> int:

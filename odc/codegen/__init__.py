@@ -10,6 +10,10 @@ arrays. The intermediate values live in one arena allocated when the
 executable is created. Threads: ``$ODC_NUM_THREADS`` (default: the CPUs this process may
 use), read when the executable is created. `llvm_ir` and `assembly` show the generated code
 of a graph (what ``--emit llvm|asm`` prints); they do not depend on the cache.
+
+``ODC_PROFILE=1`` (read at each compile; part of the cache key) compiles timers around every
+kernel into the entry point; ``exe.profile()`` then gives each kernel's total seconds over the
+calls so far. ``$ODC_CPU`` chooses another target CPU (see `odc.codegen.jit`).
 """
 from __future__ import annotations
 
@@ -42,28 +46,33 @@ def num_threads() -> int:
     return n
 
 
+def profiling() -> bool:
+    return os.environ.get("ODC_PROFILE", "") in ("1", "true", "yes")
+
+
 def _options() -> dict:
-    return {"threads": jit.openmp_available(), "parallel_cost": lower.PARALLEL_COST}
+    return {"threads": jit.openmp_available(), "parallel_cost": lower.PARALLEL_COST, "profile": profiling()}
 
 
 def _module(g: Graph):
     tm = jit.target_machine()
-    return lower.build_module(g, tm.triple, str(tm.target_data), threads=jit.openmp_available())
+    return lower.build_module(g, tm.triple, str(tm.target_data), threads=jit.openmp_available(),
+                              profile=profiling())
 
 
 def compile_graph(graph: Graph) -> "Executable":
     g = lower.prepare(graph)
-    k = cache.key(print_graph(g), _options(), jit.llvm_version(), jit.host_cpu(), jit.host_features())
+    k = cache.key(print_graph(g), _options(), jit.llvm_version(), *jit.target())
     hit = cache.load(k)
     if hit is not None:
         obj, meta = hit
-        layout = lower.Layout(**{f: meta[f] for f in ("arena_bytes", "scratch_bytes")},
+        layout = lower.Layout(**{f: meta[f] for f in ("arena_bytes", "scratch_bytes", "kernels")},
                               args=[(n, d, tuple(s)) for n, d, s in meta["args"]],
                               outputs=[(n, d, tuple(s)) for n, d, s in meta["outputs"]])
     else:
         module, layout = _module(g)
         obj = jit.emit_object(jit.optimize(str(module)))
-        cache.store(k, obj, {"args": layout.args, "outputs": layout.outputs,
+        cache.store(k, obj, {"args": layout.args, "outputs": layout.outputs, "kernels": layout.kernels,
                              "arena_bytes": layout.arena_bytes, "scratch_bytes": layout.scratch_bytes})
     return Executable(obj, layout)
 
@@ -133,6 +142,14 @@ class Executable:
         if status:
             raise OdcError(STATUS.get(status, f"the compiled code failed with status {status}"))
         return results
+
+    def profile(self) -> dict[str, float]:
+        """Seconds spent in each kernel over all calls so far (compiled with ``ODC_PROFILE=1``)."""
+        if not self.layout.kernels:
+            raise OdcError("this code was compiled without timers; set ODC_PROFILE=1 before compiling")
+        ns = np.ctypeslib.as_array((ctypes.c_int64 * len(self.layout.kernels)).from_address(
+            self._code.address(lower.PROFILE)))
+        return {name: t / 1e9 for name, t in zip(self.layout.kernels, ns.tolist())}
 
 
 _UNSET = object()

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
+from odc.codegen import jit
+
 F32 = ir.FloatType()
 F64 = ir.DoubleType()
 I1 = ir.IntType(1)
@@ -20,7 +22,9 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
-VW = 16  # f32 lanes of a 512-bit vector register
+VW = jit.vector_bits() // 32  # f32 lanes of a vector register of the target: 16 with AVX-512, 8 with AVX2
+REGISTERS = 32 if VW == 16 else 16  # vector registers (zmm0-31; ymm0-15 without AVX-512)
+ACCUMULATORS = REGISTERS * 3 // 4  # register-tile budget, leaving registers for the operands
 
 LLVM_TYPES = {"f32": F32, "f64": F64, "i32": I32, "i64": I64, "u8": I8}
 REASSOC = ("reassoc", "contract")  # lets LLVM vectorize a float reduction
@@ -192,6 +196,11 @@ class KernelBuilder:
 
     def fma(self, a, b, c):
         return self.call(f"llvm.fma.{_suffix(a.type)}", a.type, [a, b, c])
+
+    def hmax(self, v):
+        """IEEE maximum of the lanes of a float vector."""
+        t = v.type
+        return self.call(f"llvm.vector.reduce.fmaximum.{_suffix(t)}", t.element, [v])
 
     def hsum(self, v):
         """Sum of the lanes of a float vector (any association)."""

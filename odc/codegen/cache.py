@@ -2,11 +2,12 @@
 
 Key = SHA-256 of the canonical IR text (after fusion and memory planning, so their choices
 are in it), the code generation options, the odc version, a hash of the compiler's own
-source (so an edited compiler never loads stale code), the LLVM version and the host CPU name
-and features. No modification times are involved. An entry is ``KEY.o`` (the object file)
-and ``KEY.json`` (how to call it, and the object's SHA-256, checked before loading), each
-written atomically, under ``$ODC_CACHE_DIR/jit`` (default ``~/.cache/odc/jit``).
-``ODC_ALWAYS_COMPILE=1`` bypasses the cache.
+source (so an edited compiler never loads stale code), the LLVM version and the target CPU
+name and features (the host's, or those `$ODC_CPU` chooses). No modification times are
+involved. An entry is ``KEY.o`` (the object file) and ``KEY.json`` (how to call it, and the
+object's SHA-256, checked before loading), each written atomically, under
+``$ODC_CACHE_DIR/jit`` (default ``~/.cache/odc/jit``). ``ODC_ALWAYS_COMPILE=1`` bypasses
+the cache.
 """
 from __future__ import annotations
 
@@ -82,6 +83,13 @@ def store(k: str, obj: bytes, meta: dict) -> None:
             os.replace(tmp, d / name)
     except OSError:
         pass  # a read-only or full disk only costs a recompile next time
+
+
+def usage() -> tuple[int, int]:
+    """(entries, bytes) in the cache."""
+    d = cache_dir()
+    files = list(d.iterdir()) if d.is_dir() else []
+    return sum(f.suffix == ".o" for f in files), sum(f.stat().st_size for f in files)
 
 
 def clear() -> int:

@@ -13,6 +13,10 @@ work is above `PARALLEL_COST` and more than one thread is asked for, it starts l
 threads with ``GOMP_parallel`` on an outlined ``@kN.omp(ptr %ctx)`` that splits the range
 evenly by thread number (how clang lowers ``#pragma omp parallel``). Each thread gets its
 own slice of the scratch area at the end of the arena.
+
+With ``profile=True`` the entry point reads ``clock_gettime(CLOCK_MONOTONIC)`` before and
+after each kernel (all its threads included) and adds the nanoseconds to the kernel's slot of
+the global ``i64 odc_profile[kernels]``, in `Layout.kernels` order.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from odc.ir.passes import dce, fuse, plan_memory
 
 PARALLEL_COST = 40_000  # estimated cycles below which a kernel stays on the calling thread
 ENTRY = "odc_step"
+PROFILE = "odc_profile"
 ALIGN = 64
 
 
@@ -50,6 +55,7 @@ class Layout:
     outputs: list[tuple[str, str, tuple[int, ...]]]
     arena_bytes: int  # planned values; scratch follows
     scratch_bytes: int  # per thread
+    kernels: list[str] = field(default_factory=list)  # names of the timed kernels (with profile=True)
 
 
 def prepare(g: Graph) -> Graph:
@@ -64,7 +70,7 @@ def prepare(g: Graph) -> Graph:
 
 
 def build_module(g: Graph, triple: str = "", data_layout: str = "",
-                 threads: bool = True) -> tuple[ir.Module, Layout]:
+                 threads: bool = True, profile: bool = False) -> tuple[ir.Module, Layout]:
     from odc.codegen import kernels  # the op lowerings
 
     module = ir.Module(name=g.name)
@@ -98,6 +104,16 @@ def build_module(g: Graph, triple: str = "", data_layout: str = "",
     scratch_base = sb.gep(base_ptr(0), arena_bytes, ir.IntType(8))
     ctx = sb.var(PTR, name="ctx", count=2 + max([len(k.values) for k in lowered], default=0))
     gomp = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel")
+    names = []
+    if profile:
+        timers = ir.GlobalVariable(module, ir.ArrayType(I64, len(lowered)), PROFILE)
+        timers.initializer = ir.Constant(timers.value_type, None)
+        timespec = sb.var(I64, name="timespec", count=2)
+
+        def now():  # nanoseconds
+            sb.call("clock_gettime", I32, [ir.Constant(I32, 1), timespec])  # CLOCK_MONOTONIC
+            sec, nsec = sb.get(timespec), sb.load(timespec, 1, I64)
+            return sb.b.add(sb.b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec)
     for n, k in enumerate(lowered):
         keys = []
         for v in k.values:
@@ -106,28 +122,33 @@ def build_module(g: Graph, triple: str = "", data_layout: str = "",
                 keys.append(key)
         if k.status:
             keys.append(("status",))
-        fn = _kernel_function(module, g, k, keys, f"k{n}." + ".".join(k.names))
+        names.append(f"k{n}." + ".".join(k.names))
+        fn = _kernel_function(module, g, k, keys, names[-1])
         ptrs = [base_ptr(1) if key == ("status",) else region(key) for key in keys]
         lo, hi = ir.Constant(I64, 0), ir.Constant(I64, k.extent)
+        start = now() if profile else None
         if not threads or k.cost < PARALLEL_COST or k.extent < 2:
             sb.b.call(fn, ptrs + [lo, hi, scratch_base])
-            continue
-        omp = _outlined(module, fn, len(ptrs), k.extent, scratch)
-        nt = sb.b.select(sb.b.icmp_signed("<", nthreads, ir.Constant(I32, k.extent)),
-                         nthreads, ir.Constant(I32, k.extent))
-        with sb.b.if_else(sb.b.icmp_signed(">", nt, ir.Constant(I32, 1))) as (par, seq):
-            with par:
-                for i, p in enumerate(ptrs + [scratch_base]):
-                    sb.b.store(p, sb.gep(ctx, i, PTR))
-                sb.b.call(gomp, [omp, ctx, nt, ir.Constant(I32, 0)])
-            with seq:
-                sb.b.call(fn, ptrs + [lo, hi, scratch_base])
+        else:
+            omp = _outlined(module, fn, len(ptrs), k.extent, scratch)
+            nt = sb.b.select(sb.b.icmp_signed("<", nthreads, ir.Constant(I32, k.extent)),
+                             nthreads, ir.Constant(I32, k.extent))
+            with sb.b.if_else(sb.b.icmp_signed(">", nt, ir.Constant(I32, 1))) as (par, seq):
+                with par:
+                    for i, p in enumerate(ptrs + [scratch_base]):
+                        sb.b.store(p, sb.gep(ctx, i, PTR))
+                    sb.b.call(gomp, [omp, ctx, nt, ir.Constant(I32, 0)])
+                with seq:
+                    sb.b.call(fn, ptrs + [lo, hi, scratch_base])
+        if profile:
+            slot = sb.b.gep(timers, [ir.Constant(I64, 0), ir.Constant(I64, n)])  # an i64*
+            sb.b.store(sb.b.add(sb.b.load(slot, typ=I64), sb.b.sub(now(), start)), slot)
     sb.b.ret(sb.b.load(base_ptr(1), typ=I32))
 
     layout = Layout(
         [(a.name, a.type.dtype, a.type.shape) for a in args],
         [(name, g.type(v).dtype, g.type(v).shape) for name, v in g.outputs],
-        arena_bytes, scratch)
+        arena_bytes, scratch, names if profile else [])
     return module, layout
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from odc.codegen.builder import I32, VW, KernelBuilder, vec
+from odc.codegen.builder import ACCUMULATORS, I32, REGISTERS, VW, KernelBuilder, vec
 from odc.codegen.kernels import lowering
 from odc.codegen.kernels.gemm import col_tiles, contiguous_b, outer_product, store_tile
 from odc.codegen.lower import Kernel
@@ -67,12 +67,12 @@ def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, 
 
 def conv_tile(m: int, ho: int, wo: int) -> tuple[int, int, int]:
     """(output channels, output rows, vectors per row) of a register tile: as many
-    accumulators as fit (24) after discounting the waste of partial tiles, then the fewest
-    loads per FMA."""
+    accumulators as fit (`ACCUMULATORS`) after discounting the waste of partial tiles, then
+    the fewest loads per FMA."""
     nv = 1 if wo <= VW else 2
     best = None
-    for mr in range(1, min(m, 24) + 1):
-        for rows in range(1, min(ho, 24 // (mr * nv)) + 1):
+    for mr in range(1, min(m, ACCUMULATORS) + 1):
+        for rows in range(1, min(ho, ACCUMULATORS // (mr * nv)) + 1):
             useful = m * ho / (-(-m // mr) * mr * -(-ho // rows) * rows)
             score = (mr * rows * nv * useful, -(mr + rows * nv) / (mr * rows * nv))
             if best is None or score > best[0]:
@@ -180,7 +180,7 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     _, c, h, wd = g.type(x).shape
     kh, kw = node.attrs["kernel"]
     s, p = node.attrs.get("stride", 1), node.attrs.get("pad", 0)
-    mr = max(1, min(o, (30 - kw) // (kw + 1)))
+    mr = max(1, min(o, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
     blocks = -(-o // mr)
     segments = [(j0, min(VW, wo - j0)) for j0 in range(0, wo, VW)]
     chunk = max(1, min(n, CHUNK_BYTES // (4 * (o * ho * wo + c * h * wd))))

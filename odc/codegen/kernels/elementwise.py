@@ -5,9 +5,9 @@ broadcasts). Dimensions of size 1 are dropped and neighbours merged wherever eve
 is contiguous across them, so a chain over same-shaped tensors is one flat loop and
 ``x[N, 120] + b[120]`` is a loop over rows around a contiguous loop over columns. The
 innermost loop is plain scalar code over ``noalias`` pointers, which LLVM's loop vectorizer
-turns into 512-bit vector code; a flat loop is cut into blocks that threads share. Within
-one index every member is computed before any is stored, so a result may overwrite an
-operand in place.
+turns into vector code of the target's width; a flat loop is cut into blocks that threads
+share. Within one index every member is computed before any is stored, so a result may
+overwrite an operand in place.
 """
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""Matrix products with register-blocked micro-kernels in explicit 512-bit vectors.
+"""Matrix products with register-blocked micro-kernels in explicit vectors of the target's width
+(`VW` floats: 512 bits with AVX-512, 256 with AVX2).
 
 Two register tiles cover the products a training step needs:
 - `outer_product`: ``acc[r][v] += A[r, k] * B[k, v-th vector of columns]`` — MR rows of A
   broadcast against NV vectors of a row of B, for B contiguous along the output columns
   (``matmul``, and the direct convolution in `conv`, whose "B" is the input image).
-- `dot_tile`: ``acc[r][c] += A[r, j:j+16] * B[c, j:j+16]`` then a horizontal sum — for two
+- `dot_tile`: ``acc[r][c] += A[r, j:j+VW] * B[c, j:j+VW]`` then a horizontal sum — for two
   operands contiguous along the reduction, as in ``linear`` (x @ w.T with w stored [out, in]),
   which needs no transposed copy of the weight this way.
-Tiles are sized to keep all accumulators in the 32 vector registers with enough of them
+Tiles are sized to keep all accumulators in the vector registers with enough of them
 independent to hide FMA latency. Partial vectors use masked loads and stores (no reads past
 a buffer). A kernel's parallel range is the rows of its result; each thread walks its rows
 in full MR-row blocks, then single rows.
@@ -18,7 +19,7 @@ from contextlib import ExitStack
 
 from llvmlite import ir
 
-from odc.codegen.builder import VW, KernelBuilder, vec
+from odc.codegen.builder import ACCUMULATORS, REGISTERS, VW, KernelBuilder, vec
 from odc.codegen.kernels import lowering
 from odc.codegen.lower import Kernel
 from odc.ir.graph import Graph
@@ -106,7 +107,7 @@ def store_tile(kb: KernelBuilder, accs, c_ptrs, lanes_last: int, bias=None):
 def tile_shape(m: int, n: int) -> tuple[int, int]:
     """(MR, NV) for an outer-product tile over m rows and n columns."""
     nv = 1 if n <= VW else 2
-    mr = min(m, 24 // nv)
+    mr = min(m, ACCUMULATORS // nv)
     blocks = -(-m // mr)
     return -(-m // blocks), nv
 
@@ -148,7 +149,7 @@ def linear(g: Graph, nid: int) -> Kernel:
     bias = node.args[2] if len(node.args) == 3 else None
     rows, inner = g.type(x).shape
     outs = g.type(w).shape[0]
-    mr, nr = 4, 4
+    mr = nr = 4 if REGISTERS == 32 else 3  # mr*nr accumulators, mr + nr operands
 
     def emit(kb: KernelBuilder, lo, hi):
         def tile(r0, nrows):

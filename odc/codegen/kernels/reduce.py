@@ -123,7 +123,7 @@ def row_max_logsumexp(kb: KernelBuilder, ptr, base, n, stride):
         v = kb.vload(row, off, mask=mask)
         kb.set(m, kb.maximum(kb.get(m), v if mask is None else b.select(mask, v, ninf)))
     row_vectors(kb, n, fold_max)
-    mx = kb.call("llvm.vector.reduce.fmaximum.v16f32", F32, [kb.get(m)])
+    mx = kb.hmax(kb.get(m))
     s = kb.var(vt, zero, "s")
 
     def add_exp(off, mask):

@@ -1,0 +1,125 @@
+"""Measuring a model's compiled code: compile times, throughput and a per-kernel profile.
+
+`odc bench` and ``bench/lenet5.py`` use it. Everything runs with a throwaway JIT cache (never
+the user's): the first compile of a graph finds it empty (a cold compile: every pass, LLVM O3
+and code emission), the second finds the entry the first stored (a cache hit: the passes, a
+cache lookup and loading the object code). Throughput goes through the public API
+(`Model.train_step`, `Model.forward`), as a training loop calls it, on random data of the
+model's input shape. A time is the median (or minimum) of single calls after a warm-up.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from typing import Callable
+
+import numpy as np
+
+from odc.codegen import compile_graph
+from odc.errors import OdcError
+
+
+@contextmanager
+def environment(**values: str):
+    """Sets environment variables for the duration (they are read at compile time)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def private_cache():
+    with tempfile.TemporaryDirectory(prefix="odc-bench-") as d, environment(ODC_CACHE_DIR=d):
+        yield
+
+
+def batch_bindings(prog, batch: int) -> dict[str, int]:
+    """The size symbols of the program's input bound for `batch` examples."""
+    image = prog.graph.inputs()[0]
+    sym, *rest = image.type.shape
+    if not isinstance(sym, str) or not all(isinstance(d, int) for d in rest):
+        raise OdcError(f"input '{image.name}' is {image.type}; benchmarks need a symbolic batch size "
+                       "and fixed other sizes")
+    return {sym: batch}
+
+
+def random_batch(prog, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Standard normal inputs and uniform labels."""
+    g = prog.graph
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *g.inputs()[0].type.shape[1:])).astype(np.float32)
+    return x, rng.integers(0, g.type(g.output("logits")).shape[1], batch)
+
+
+def compile_seconds(prog, batch: int) -> tuple[float, float]:
+    """(cold, cached) seconds to lower and compile the training step and the forward graph.
+    Call it inside `private_cache` (an empty cache)."""
+    def once():
+        t = time.perf_counter()
+        for kind in ("train", "forward"):
+            compile_graph(prog.lower(kind, batch_bindings(prog, batch)))
+        return time.perf_counter() - t
+    return once(), once()
+
+
+def seconds_per_call(fn: Callable[[], object], reps: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def throughput(prog, batch: int, reps: int) -> dict[str, list[float]]:
+    """Seconds per call of the training step and of inference (the forward pass)."""
+    model = prog.compile(executor=compile_graph)
+    x, y = random_batch(prog, batch)
+    return {"train": seconds_per_call(lambda: model.train_step(x, y), reps),
+            "forward": seconds_per_call(lambda: model.forward(x), reps)}
+
+
+def kernel_profile(prog, batch: int, reps: int, kind: str = "train") -> dict[str, float]:
+    """Median seconds per call of each kernel of the `kind` graph, compiled with timers
+    (``ODC_PROFILE=1``) and called `reps` times on its own, most expensive first; the
+    key "total" holds the median time of the whole call."""
+    from odc.program import dropout_masks
+    g = prog.lower(kind, batch_bindings(prog, batch))
+    with private_cache(), environment(ODC_PROFILE="1"):
+        exe = compile_graph(g)
+    model = prog.compile(executor=compile_graph)  # initial parameters and state
+    x, y = random_batch(prog, batch)
+    feeds = {g.inputs()[0].name: x, "label": y.astype(np.int32), **model.params, **model.state,
+             **dropout_masks(g, {}, model.rng)}
+    if kind == "train":  # as Model.train_step does: the next step starts from the new values
+        def call():
+            out = exe(feeds)
+            feeds.update({k: out[f"new.{k}"] for k in (*model.params, *model.state)})
+    else:
+        def call():
+            exe(feeds)
+    for _ in range(3):
+        call()
+    samples, last = [], exe.profile()
+    total = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        call()
+        total.append(time.perf_counter() - t)
+        now = exe.profile()
+        samples.append({k: now[k] - last[k] for k in now})
+        last = now
+    med = {k: statistics.median(s[k] for s in samples) for k in last}
+    return {"total": statistics.median(total), **dict(sorted(med.items(), key=lambda kv: -kv[1]))}
