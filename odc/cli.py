@@ -267,8 +267,9 @@ def _check(a):
               f"output {g.type(g.output('logits'))}")
 
 
-COMMANDS = [_register_data, _register_compile_and_train, _register_eval, _register_predict, _register_dump_ir,
-            _register_gradcheck, _register_check, _register_bench, _register_cache]
+# in the order `odc --help` lists them: the main job first, then the compiler's tools
+COMMANDS = [_register_compile_and_train, _register_eval, _register_predict, _register_check, _register_dump_ir,
+            _register_gradcheck, _register_bench, _register_data, _register_cache]
 
 
 def main(argv=None) -> int:
