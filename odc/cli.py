@@ -126,22 +126,21 @@ def _register_dump_ir(sub):
                    help="with --emit: the training step (train, the default), inference (forward), "
                         "or the loss and gradients (grads)")
     p.add_argument("--batch", metavar="N", type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
-                   help="with --emit: the batch size the code is specialised to (default: the train block's)")
+                   help="specialise to N examples (IR: default symbolic; --emit: default the train block's batch)")
     p.set_defaults(func=_dump_ir)
 
 
 def _dump_ir(a):
     prog = odc.load(a.file, model=a.model)
     if a.emit is None:
-        if a.graph or a.batch:
-            raise OdcError("--graph and --batch choose the code that --emit shows; "
-                           "add --emit llvm or --emit asm")
-        print(prog.ir(a.after, a.format), end="")
+        if a.graph:
+            raise OdcError("--graph chooses the code that --emit shows; add --emit llvm or --emit asm")
+        print(prog.ir(a.after, a.format, a.batch), end="")
         return
     if a.after or a.format != "text":
         raise OdcError("--emit shows the code generated after the last pass; leave out --after and --format")
-    from odc.codegen import assembly, bench, llvm_ir
-    g = prog.lower(a.graph or "train", bench.batch_bindings(prog, a.batch or prog.recipe["batch"]))
+    from odc.codegen import assembly, llvm_ir
+    g = prog.lower(a.graph or "train", prog.batch_bindings(a.batch or prog.recipe["batch"]))
     print((llvm_ir if a.emit == "llvm" else assembly)(g), end="")
 
 

@@ -72,15 +72,26 @@ class Program:
     def lower(self, kind: str = "train", bindings: dict[str, int] | None = None, **options) -> Graph:
         return self.stages(kind, bindings, **options)[-1][1]
 
-    def ir(self, after: str | None = None, format: str = "text") -> str:
+    def batch_bindings(self, batch: int) -> dict[str, int]:
+        """The batch symbol of the input (its dim 0) bound to `batch`."""
+        image = self.graph.inputs()[0]
+        sym, *rest = image.type.shape
+        if not isinstance(sym, str) or not all(isinstance(d, int) for d in rest):
+            raise OdcError(f"input '{image.name}' is {image.type}; specialising to a batch size needs "
+                           "a symbolic batch size and fixed other sizes")
+        return {sym: batch}
+
+    def ir(self, after: str | None = None, format: str = "text", batch: int | None = None) -> str:
         """The IR of the training step after the pass `after` (default: the last), or after each
         pass with "all". After `inference`, which only the forward graph goes through, the
-        forward graph's."""
+        forward graph's. With `batch`, the graphs are specialised to that batch size, as for
+        compiling (memory planning then places every value)."""
         from odc.ir.dot import to_dot
         names = [p.name for p in PIPELINE]
         if after not in (None, "all", *names):
             raise OdcError(f"no pass named '{after}'; the passes are {', '.join(names)}")
-        stages = dict(self.stages("forward")) | dict(self.stages("train"))  # inference: forward only
+        bindings = self.batch_bindings(batch) if batch else None
+        stages = dict(self.stages("forward", bindings)) | dict(self.stages("train", bindings))
         show = to_dot if format == "dot" else str
         if after == "all":
             return "".join(f"// after {n}\n{show(stages[n])}" for n in names)

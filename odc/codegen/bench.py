@@ -19,7 +19,6 @@ from typing import Callable
 import numpy as np
 
 from odc.codegen import compile_graph
-from odc.errors import OdcError
 
 
 @contextmanager
@@ -43,16 +42,6 @@ def private_cache():
         yield
 
 
-def batch_bindings(prog, batch: int) -> dict[str, int]:
-    """The size symbols of the program's input bound for `batch` examples."""
-    image = prog.graph.inputs()[0]
-    sym, *rest = image.type.shape
-    if not isinstance(sym, str) or not all(isinstance(d, int) for d in rest):
-        raise OdcError(f"input '{image.name}' is {image.type}; benchmarks need a symbolic batch size "
-                       "and fixed other sizes")
-    return {sym: batch}
-
-
 def random_batch(prog, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Standard normal inputs and uniform labels."""
     g = prog.graph
@@ -67,7 +56,7 @@ def compile_seconds(prog, batch: int) -> tuple[float, float]:
     def once():
         t = time.perf_counter()
         for kind in ("train", "forward"):
-            compile_graph(prog.lower(kind, batch_bindings(prog, batch)))
+            compile_graph(prog.lower(kind, prog.batch_bindings(batch)))
         return time.perf_counter() - t
     return once(), once()
 
@@ -96,7 +85,7 @@ def kernel_profile(prog, batch: int, reps: int, kind: str = "train") -> dict[str
     (``ODC_PROFILE=1``) and called `reps` times on its own, most expensive first; the
     key "total" holds the median time of the whole call."""
     from odc.program import dropout_masks
-    g = prog.lower(kind, batch_bindings(prog, batch))
+    g = prog.lower(kind, prog.batch_bindings(batch))
     with private_cache(), environment(ODC_PROFILE="1"):
         exe = compile_graph(g)
     model = prog.compile(executor=compile_graph)  # initial parameters and state

@@ -75,8 +75,19 @@ def test_cache_info_and_clear(capsys, monkeypatch, tmp_path):
 def test_emit_refuses_pass_flags(capsys):
     assert main(["dump-ir", MLP, "--emit", "asm", "--after", "dce"]) == 1
     assert "leave out --after" in capsys.readouterr().err
-    assert main(["dump-ir", MLP, "--batch", "4"]) == 1
+    assert main(["dump-ir", MLP, "--graph", "forward"]) == 1
     assert "add --emit" in capsys.readouterr().err
+
+
+def test_text_dump_with_a_batch_shows_the_memory_plan(capsys):
+    """Specialised to a batch, the training step's stored intermediates get arena offsets;
+    left symbolic, memory planning has nothing to place."""
+    assert main(["dump-ir", MLP, "--after", "plan-memory", "--batch", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "f32[4, " in text and "[N, " not in text and "arena=" in text
+    assert main(["dump-ir", MLP, "--after", "plan-memory"]) == 0
+    symbolic = capsys.readouterr().out
+    assert "f32[N, " in symbolic and "arena=" not in symbolic
 
 
 def test_bench_prints_compile_times_throughput_and_a_profile(capsys, monkeypatch):
