@@ -25,11 +25,10 @@ import numpy as np
 
 from odc.codegen import cache, jit, lower
 from odc.errors import OdcError
+from odc.ir import ops
 from odc.ir.graph import Graph
 from odc.ir.printer import print_graph
 
-NP_DTYPES = {"f32": np.float32, "f64": np.float64, "f16": np.float16, "i32": np.int32,
-             "i64": np.int64, "u8": np.uint8}
 STATUS = {1: "a label is out of range for the number of classes"}
 
 
@@ -99,11 +98,11 @@ class Executable:
         self.arg_names = [a[0] for a in layout.args]
         self.output_names = [o[0] for o in layout.outputs]
         self.num_threads = num_threads()
-        self._args = [(n, np.dtype(NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
+        self._args = [(n, np.dtype(ops.NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
         self._last = [(_UNSET, 0)] * len(self._args)  # (array, address) of the previous call
         self._outs, offset = [], 0  # (name, dtype, shape, byte offset in one allocation)
         for name, d, shape in layout.outputs:
-            dt = np.dtype(NP_DTYPES[d])
+            dt = np.dtype(ops.NP_DTYPES[d])
             self._outs.append((name, dt, tuple(shape), offset))
             offset += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // 64) * 64
         self._out_bytes = offset

@@ -33,7 +33,6 @@ from odc.ir.passes import dce, fuse, plan_memory
 PARALLEL_COST = 40_000  # estimated cycles below which a kernel stays on the calling thread
 ENTRY = "odc_step"
 PROFILE = "odc_profile"
-ALIGN = 64
 
 
 @dataclass
@@ -82,8 +81,8 @@ def build_module(g: Graph, triple: str = "", data_layout: str = "",
 
     lowered = [kernels.lower_group(g, grp) for grp in fuse.groups(g)]
     lowered += kernels.output_copies(g)
-    scratch = max([_round(k.scratch) for k in lowered], default=0)
-    arena_bytes = _round(g.meta["arena_bytes"])
+    scratch = max([plan_memory.align(k.scratch) for k in lowered], default=0)
+    arena_bytes = plan_memory.align(g.meta["arena_bytes"])
 
     step = ir.Function(module, ir.FunctionType(I32, [PTR, I32]), ENTRY)
     sb = KernelBuilder(step)
@@ -197,7 +196,3 @@ def _outlined(module, fn: ir.Function, nptrs: int, extent: int, scratch: int) ->
         b.call(fn, ptrs[:-1] + [lo, hi, scratch_ptr])
     b.ret_void()
     return omp
-
-
-def _round(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN

@@ -3,6 +3,7 @@ and that a fused, planned graph computes what the numpy reference interpreter co
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -231,3 +232,20 @@ def test_random_graphs_compute_what_the_interpreter_computes(g):
     feeds = feeds_for(g, seed=2)
     feeds["w"] *= 0.2
     assert_matches_interpreter(g, feeds, atol=1e-4)
+
+
+def test_crossed_epilogues_of_two_anchors_do_not_make_kernels_depend_on_each_other(tmp_path):
+    """A gated layer: `a * sigmoid(b)` may join a's kernel and `b * tanh(a)` b's, but not both,
+    or each kernel would need the other's result."""
+    src = tmp_path / "glu.od"
+    src.write_text("model M():\n    input image: f32[N, 8]\n    a = dense(image, 8)\n    b = dense(image, 8)\n"
+                   "    return dense(a * sigmoid(b), 10) + dense(b * tanh(a), 10)\n")
+    prog = odc.load(src)
+    fuse.groups(prog.lower("train", {"N": 5}))  # raises if the kernels form a cycle
+    compiled, reference = prog.compile(seed=1), prog.compile(executor=interp.compile_graph, seed=1)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    y = np.array([0, 3, 9, 1, 2])
+    np.testing.assert_allclose(compiled.forward(x), reference.forward(x), rtol=1e-5, atol=1e-6)
+    assert compiled.train_step(x, y) == pytest.approx(reference.train_step(x, y), rel=1e-5)
+    for k in compiled.params:
+        np.testing.assert_allclose(compiled.params[k], reference.params[k], rtol=1e-5, atol=1e-6)

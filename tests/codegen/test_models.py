@@ -8,13 +8,14 @@ import pytest
 
 import odc
 from odc.codegen import compile_graph
+from odc.runtime import interp
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def pair(path):
     prog = odc.load(path)
-    return prog.compile(executor=compile_graph, seed=3), prog.compile(seed=3)
+    return prog.compile(executor=compile_graph, seed=3), prog.compile(executor=interp.compile_graph, seed=3)
 
 
 def batch(prog_model, n, seed):

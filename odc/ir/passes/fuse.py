@@ -14,7 +14,8 @@ Algorithm: every node starts in a group of its own; two groups merge when both h
 result shape and dtype (an elementwise group's, or its anchor's), at most one has an anchor,
 no member would be an ancestor of the anchor (the epilogue runs after it), and the graph of
 groups stays acyclic: no path may leave the merged set and come back into it (a search from
-the set's outside successors). Two walks propose merges:
+the set's outside successors that treats every other group as one node: reaching one member of
+a kernel reaches all of them). Two walks propose merges:
 1. consumers first, in reverse topological order: an elementwise node whose users are all
    elementwise nodes of one group joins that group. It is then computed where it is used and
    never stored (the ReLU mask of a gradient is recomputed from the stored activation
@@ -95,7 +96,8 @@ def run(g: Graph) -> Graph:
             return
         merged = set(members[keep]) | set(members[other])
         anchor = ka[0] if ka[0] is not None else kb[0]
-        if _leaves_and_returns(g, merged) or (anchor is not None and nx.ancestors(g.nx, anchor) & merged):
+        if (_leaves_and_returns(g, merged, group, members)
+                or (anchor is not None and nx.ancestors(g.nx, anchor) & merged)):
             return
         members[keep].extend(members.pop(other))
         for m in members[keep]:
@@ -123,18 +125,24 @@ def run(g: Graph) -> Graph:
     return g
 
 
-def _leaves_and_returns(g: Graph, merged: set[int]) -> bool:
-    """True if some path leaves `merged` and re-enters it (merging would create a cycle)."""
+def _leaves_and_returns(g: Graph, merged: set[int], group: dict[int, int],
+                        members: dict[int, list[int]]) -> bool:
+    """True if some path leaves `merged` and re-enters it (merging would create a cycle). Every
+    other group counts as one node, since its kernel runs all its members at once: a path that
+    reaches one member goes on from all of them."""
     stack = [s for m in merged for s in g.nx.successors(m) if s not in merged]
-    seen = set(stack)
+    seen: set[int] = set()
     while stack:
         u = stack.pop()
-        for s in g.nx.successors(u):
-            if s in merged:
-                return True
-            if s not in seen:
-                seen.add(s)
-                stack.append(s)
+        if u in seen:
+            continue
+        for v in members[group[u]] if u in group else [u]:
+            seen.add(v)
+            for s in g.nx.successors(v):
+                if s in merged:
+                    return True
+                if s not in seen:
+                    stack.append(s)
     return False
 
 

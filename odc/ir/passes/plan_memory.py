@@ -110,7 +110,7 @@ def run(g: Graph) -> Graph:
             start.setdefault(b, i)
             stop[b] = max(stop.get(b, i), last_use(v))
 
-    size = {b: _round(nbytes(g, b)) for b in set(block.values())}
+    size = {b: max(ALIGN, align(nbytes(g, b))) for b in set(block.values())}
     placed: list[tuple[int, int, int]] = []  # (offset, size, block)
     offset_of: dict[int, int] = {}
     for b in sorted(size, key=lambda b: (-size[b], start[b], b)):
@@ -140,5 +140,6 @@ def _elementwise_operands(g: Graph, k, member: set[int]) -> list[int]:
     return out
 
 
-def _round(n: int) -> int:
-    return max(ALIGN, (n + ALIGN - 1) // ALIGN * ALIGN)
+def align(n: int) -> int:
+    """`n` bytes rounded up to a multiple of ALIGN (a cache line, and a 512-bit vector)."""
+    return (n + ALIGN - 1) // ALIGN * ALIGN
