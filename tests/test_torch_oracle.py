@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import odc
+from odc.runtime import interp
 
 LENET = """
 model LeNet5(classes = 47):
@@ -86,7 +87,14 @@ MODELS = {"lenet5": (LENET, lenet, (1, 28, 28), 47), "strided": (STRIDED, stride
           "explicit": (EXPLICIT, explicit, (1, 6, 6), 5), "norm": (NORM, norm, (2, 9, 9), 6)}
 
 
-def load(tmp_path, name, loss="cross_entropy", optimizer=None):
+@pytest.fixture(params=["compiled", "interpreter"])
+def executor(request):
+    """Every oracle test runs on the compiled code (the default) and on the numpy interpreter
+    (the oracle of the kernel tests)."""
+    return None if request.param == "compiled" else interp.compile_graph
+
+
+def load(tmp_path, executor, name, loss="cross_entropy", optimizer=None):
     src, ref, shape, classes = MODELS[name]
     path = tmp_path / f"{name}.od"
     path.write_text(src)
@@ -94,7 +102,7 @@ def load(tmp_path, name, loss="cross_entropy", optimizer=None):
     prog.recipe["loss"] = loss
     if optimizer:
         prog.recipe["optimizer"] = optimizer
-    return prog.compile(seed=3), ref, shape, classes
+    return prog.compile(executor=executor, seed=3), ref, shape, classes
 
 
 def batch(shape, classes, n, seed=0):
@@ -121,8 +129,8 @@ def torch_loss(torch, ref, p, x, y, classes, loss):
 
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
-def test_loss_and_gradients(torch, tmp_path, name, loss):
-    model, ref, shape, classes = load(tmp_path, name, loss)
+def test_loss_and_gradients(torch, tmp_path, executor, name, loss):
+    model, ref, shape, classes = load(tmp_path, executor, name, loss)
     x, y = batch(shape, classes, 5)
     value, grads = model.loss_and_grads(x, y)
     p = torch_params(torch, model)
@@ -136,8 +144,8 @@ def test_loss_and_gradients(torch, tmp_path, name, loss):
 
 
 @pytest.mark.parametrize("name", ["lenet5", "strided"])
-def test_forward_any_batch_size(torch, tmp_path, name):
-    model, ref, shape, classes = load(tmp_path, name)
+def test_forward_any_batch_size(torch, tmp_path, executor, name):
+    model, ref, shape, classes = load(tmp_path, executor, name)
     p = torch_params(torch, model)
     for n in (1, 3, 8):
         x, _ = batch(shape, classes, n, seed=n)
@@ -146,10 +154,10 @@ def test_forward_any_batch_size(torch, tmp_path, name):
         assert rel_err(logits, ref(torch.nn.functional, p, torch.tensor(x)).detach().numpy()) <= 1e-5
 
 
-def test_batchnorm_keeps_running_statistics_for_inference(torch, tmp_path):
+def test_batchnorm_keeps_running_statistics_for_inference(torch, tmp_path, executor):
     """Training steps update the running mean and (unbiased) variance as PyTorch does; forward
     normalises with them, as PyTorch's eval mode."""
-    model, ref, shape, classes = load(tmp_path, "norm", optimizer={"name": "sgd", "lr": 0.1})
+    model, ref, shape, classes = load(tmp_path, executor, "norm", optimizer={"name": "sgd", "lr": 0.1})
     assert list(model.state) == ["batchnorm2d1.running_mean", "batchnorm2d1.running_var"]
     p = torch_params(torch, model)
     stats = (torch.zeros(4), torch.ones(4))
@@ -168,8 +176,8 @@ def test_batchnorm_keeps_running_statistics_for_inference(torch, tmp_path):
     assert rel_err(model.forward(x), ref(F, p, torch.tensor(x), stats, training=False).detach().numpy()) <= 1e-4
 
 
-def test_mse_with_float_targets(torch, tmp_path):
-    model, ref, shape, classes = load(tmp_path, "explicit", "mse")
+def test_mse_with_float_targets(torch, tmp_path, executor):
+    model, ref, shape, classes = load(tmp_path, executor, "explicit", "mse")
     x, _ = batch(shape, classes, 4)
     target = np.random.default_rng(1).standard_normal((4, classes)).astype(np.float32)
     value, grads = model.loss_and_grads(x, target)
@@ -196,9 +204,9 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("name,opt", [("strided", o) for o in OPTIMIZERS] + [("lenet5", "sgd-momentum"),
                                                                              ("explicit", "adamw")])
-def test_optimizer_steps(torch, tmp_path, name, opt):
+def test_optimizer_steps(torch, tmp_path, executor, name, opt):
     spec, make = OPTIMIZERS[opt]
-    model, ref, shape, classes = load(tmp_path, name, optimizer=spec)
+    model, ref, shape, classes = load(tmp_path, executor, name, optimizer=spec)
     p = torch_params(torch, model)
     torch_opt = make(torch, list(p.values()))
     for step in range(3):
