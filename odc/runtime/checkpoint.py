@@ -41,6 +41,7 @@ class Checkpoint:
     epoch: int = 0                 # epochs finished
     rng: dict = field(default_factory=dict)  # numpy bit-generator states: "shuffle", "model" (dropout)
     history: list[dict] = field(default_factory=list)  # metrics.jsonl records, one per finished epoch
+    data: dict = field(default_factory=dict)  # the data set trained on: name, source, dir (the --data given)
 
 
 def write_atomic(path, data: bytes) -> None:
@@ -67,7 +68,7 @@ def save(path, ckpt: Checkpoint) -> None:
             "source_path": ckpt.source_path, "recipe": json.dumps(ckpt.recipe),
             "classes": json.dumps(ckpt.classes), "epoch": str(ckpt.epoch), "rng": json.dumps(ckpt.rng),
             "history": json.dumps(ckpt.history), "param_order": json.dumps(list(ckpt.params)),
-            "state_order": json.dumps(list(ckpt.state))}
+            "state_order": json.dumps(list(ckpt.state)), "data": json.dumps(ckpt.data)}
     write_atomic(path, safetensors.numpy.save(tensors, metadata=meta))
 
 
@@ -95,7 +96,7 @@ def read(path) -> Checkpoint:
         state = {k: tensors[f"state.{k}"] for k in json.loads(meta["state_order"])}
         return Checkpoint(meta["model"], meta["source"], meta["source_path"], params, state,
                           json.loads(meta["recipe"]), json.loads(meta["classes"]), int(meta["epoch"]),
-                          json.loads(meta["rng"]), json.loads(meta["history"]))
+                          json.loads(meta["rng"]), json.loads(meta["history"]), json.loads(meta.get("data", "{}")))
     except OdcError:
         raise
     except Exception as e:  # safetensors reports a damaged file with several exception types

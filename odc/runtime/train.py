@@ -220,9 +220,11 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     model = checkpoint.compile_model(prog, recipe)
     if resume is not None:
         checkpoint.restore(model, ckpt)
-    data = _load_data(recipe, data_dir)
+    data = _run_data(ckpt, data_dir)
     _check_classes(model, data)
     ckpt.classes = data.classes
+    ckpt.data = ckpt.data or {"name": data.name, "source": data.source,
+                              "dir": None if data_dir is None else str(Path(data_dir).resolve())}
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -244,8 +246,14 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     return run_dir
 
 
-def _load_data(recipe: dict, data_dir) -> Dataset:
-    data = load_dataset(recipe["data"], data_dir)
+def _run_data(ckpt: Checkpoint, data_dir) -> Dataset:
+    """The data set of a run: found from `data_dir` (--data) if given; else from where the run
+    found it when it started, and then it must be the same data set."""
+    stored = ckpt.data
+    data = load_dataset(ckpt.recipe["data"], data_dir if data_dir is not None else stored.get("dir"))
+    if data_dir is None and stored and (data.name, data.source) != (stored["name"], stored["source"]):
+        raise OdcError(f"the run trained on {stored['name']} from {stored['source']}, but odc now finds "
+                       f"{data.name} in {data.source}\nhint: pass --data with the folder the run trained on")
     if data.note:
         print(f"note: {data.note}", file=sys.stderr)
     return data
@@ -263,7 +271,7 @@ def eval_checkpoint(path, data_dir=None, log=print) -> Evaluation:
     """`odc eval`: accuracy of a checkpoint on the test part of its recipe's data set."""
     ckpt = checkpoint.read(path)
     model = checkpoint.build(ckpt)
-    data = _load_data(ckpt.recipe, data_dir)
+    data = _run_data(ckpt, data_dir)
     if ckpt.classes and data.classes != ckpt.classes:
         raise OdcError(f"{data.name} in {data.source} has other classes than the data the checkpoint "
                        f"was trained on")

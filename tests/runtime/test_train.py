@@ -215,6 +215,30 @@ def test_last_partial_batch_is_trained(tmp_path, data_dir):
         np.testing.assert_allclose(ckpt.params[k], p - 0.125 * grads[k], rtol=1e-4, atol=1e-6)
 
 
+def test_eval_and_resume_find_the_data_the_run_trained_on(run, data_dir, monkeypatch, capsys):
+    """Without --data, eval uses the folder the run was trained from (not the embedded sample);
+    a run that found its data through $ODC_DATA and no longer does is an error, not a silent
+    switch to other data."""
+    monkeypatch.delenv("ODC_DATA", raising=False)
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "188 test images" in out and f"top-1 accuracy {metrics(run)[-1]['test_accuracy']:.2%}" in out
+
+
+def test_resume_refuses_other_data_than_the_run_found(model_file, data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ODC_DATA", str(data_dir))
+    out = tmp_path / "r"
+    assert main(["compile-and-train", str(model_file), "--out", str(out), "--epochs", "1"]) == 0
+    monkeypatch.delenv("ODC_DATA")  # now odc would fall back to the embedded sample
+    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "empty"))
+    capsys.readouterr()
+    assert main(["compile-and-train", str(model_file), "--resume", str(out), "--epochs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"the run trained on emnist-balanced from {data_dir}" in err and "embedded sample" in err
+    assert "hint: pass --data" in err
+    assert len(metrics(out)) == 1
+
+
 def test_eval_prints_the_accuracy_of_the_checkpoint(run, data_dir, capsys):
     assert main(["eval", str(run), "--data", str(data_dir)]) == 0
     out = capsys.readouterr().out
