@@ -120,15 +120,15 @@ def _set_optimizer(r: Recipe, e: ast.Expr) -> None:
     r.optimizer, r.optimizer_args = hp.pop("name"), hp
 
 
-def _count(key: str, lo: int):
+def _count(key: str, lo: int, hi: int):
     def setter(r: Recipe, e: ast.Expr) -> None:
         v = literal(e)
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-            raise Fail(f"{key} must be {'a positive integer' if lo else 'an integer >= 0'}, got {od_text(v)}",
-                       e.span)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise Fail(f"{key} must be an integer from {lo} to {hi:,}, got {od_text(v)}", e.span)
         setattr(r, key, v)
     return setter
 
 
 _SETTERS = {"data": _set_data, "loss": _set_loss, "optimizer": _set_optimizer,
-            "epochs": _count("epochs", 1), "batch": _count("batch", 1), "seed": _count("seed", 0)}
+            "epochs": _count("epochs", 1, 100_000), "batch": _count("batch", 1, 1_000_000),
+            "seed": _count("seed", 0, 2**63 - 1)}

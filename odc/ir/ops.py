@@ -96,10 +96,12 @@ def window_out(size: Dim, k: int, stride: int, pad: int, what: str, t: TensorTyp
         raise ShapeError(f"{what} needs concrete spatial sizes, got {t}")
     out = (size + 2 * pad - k) // stride + 1
     if size + 2 * pad - k < 0 or out <= 0:
+        conv = what == "conv2d"  # pooling has no padding
         raise ShapeError(
-            f"{what} with kernel {k}, stride {stride}, padding {pad} shrinks a spatial size of "
-            f"{size} to {min(out, 0) if size + 2 * pad < k else out}; input {t}",
-            "use a smaller kernel or stride, add padding, or remove a pooling layer")
+            f"{what} with kernel {k}, stride {stride}{f', padding {pad}' if conv else ''} shrinks a "
+            f"spatial size of {size} to {min(out, 0) if size + 2 * pad < k else out}; input {t}",
+            "use a smaller kernel or stride, add padding, or remove a pooling layer" if conv else
+            "use a smaller window, or remove a pooling or strided layer before this one")
     return out
 
 

@@ -69,7 +69,10 @@ def save(path, ckpt: Checkpoint) -> None:
             "classes": json.dumps(ckpt.classes), "epoch": str(ckpt.epoch), "rng": json.dumps(ckpt.rng),
             "history": json.dumps(ckpt.history), "param_order": json.dumps(list(ckpt.params)),
             "state_order": json.dumps(list(ckpt.state)), "data": json.dumps(ckpt.data)}
-    write_atomic(path, safetensors.numpy.save(tensors, metadata=meta))
+    try:
+        write_atomic(path, safetensors.numpy.save(tensors, metadata=meta))
+    except OSError as e:
+        raise OdcError(f"{path}: error: cannot write the checkpoint: {e.strerror}") from None
 
 
 def resolve(path) -> Path:
