@@ -116,3 +116,8 @@ def test_restore_rejects_another_model(tmp_path):
     ckpt.state = dict(model.state)
     with pytest.raises(OdcError, match=r"dense1.weight is \[10, 10\] in the checkpoint but \[10, 784\]"):
         checkpoint.restore(model, ckpt)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_user_error(tmp_path):
+    with pytest.raises(OdcError, match="no/such/dir/x.safetensors: error: cannot write the checkpoint"):
+        checkpoint.save(tmp_path / "no" / "such" / "dir" / "x.safetensors", sample_checkpoint())
