@@ -7,6 +7,8 @@ import sys
 
 import odc
 from odc.errors import OdcError
+from odc.frontend.recipe import LIMITS
+from odc.ir.passes.optimizer import VALID, invalid
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,13 +33,13 @@ def _register_data(sub):
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     ls = actions.add_parser("list", help="show which data sets are found where")
-    ls.add_argument("--data", metavar="DIR", help="look in DIR first, as compile-and-train --data does")
+    ls.add_argument("--data", metavar="DIR", type=_folder, help="look in DIR first, as compile-and-train --data does")
     ls.set_defaults(func=lambda args: print(_data().describe_data(args.data)))
     fetch = actions.add_parser("fetch", help="download and unpack EMNIST (about 560 MB)")
     fetch.add_argument("dataset", choices=["emnist"])
     fetch.add_argument("--url", help="the zip archive to download (default: the official NIST archive)")
     fetch.add_argument("--sha256", metavar="HEX", help="its expected SHA-256 (required with --url)")
-    fetch.add_argument("--dest", metavar="DIR",
+    fetch.add_argument("--dest", metavar="DIR", type=_folder,
                        help="unpack into DIR/emnist (default: $ODC_DATA_HOME or ~/.cache/odc/data)")
     fetch.set_defaults(func=lambda args: print(
         f"EMNIST unpacked into {_data().fetch_emnist(args.dest, args.url, args.sha256)}"))
@@ -61,27 +63,50 @@ def _number(kind, ok, what):
     return parse
 
 
+def _count(key, what):
+    """An argparse type: an integer within the limits the train block sets for `key`."""
+    lo, hi = LIMITS[key]
+    return _number(int, lambda n: lo <= n <= hi, f"{what} from {lo} to {hi:,}")
+
+
+def _folder(text):
+    """An argparse type: a folder name, which may not be empty (it would mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder name, got {text!r}")
+    return text
+
+
+def _check_threads():
+    """Reject a bad $ODC_NUM_THREADS before any work (the compiled code reads it only when it
+    first runs, after the data has loaded)."""
+    from odc.codegen import num_threads
+    try:
+        num_threads()
+    except OdcError as e:
+        raise OdcError(f"{e}\nhint: set it to a number of threads >= 1, or unset it to use every CPU") from None
+
+
 def _register_compile_and_train(sub):
     p = sub.add_parser("compile-and-train", help="compile a model and train it with its recipe",
                        description="Train a model with its train block; flags override the block.")
     p.add_argument("file", metavar="FILE", help="the .od file")
     p.add_argument("--train", "--model", metavar="NAME", dest="train",
                    help="the model (and its train block) to train when FILE has several")
-    p.add_argument("--epochs", metavar="N", type=_number(int, lambda n: n >= 1, "a number of epochs >= 1"),
+    p.add_argument("--epochs", metavar="N", type=_count("epochs", "a number of epochs"),
                    help="train until N epochs are done")
-    p.add_argument("--batch", metavar="N", type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
-                   help="mini-batch size")
+    p.add_argument("--batch", metavar="N", type=_count("batch", "a batch size"), help="mini-batch size")
     p.add_argument("--lr", metavar="X", help="the optimizer's learning rate",
-                   type=_number(float, lambda x: 0 < x < float("inf"), "a learning rate > 0"))
-    p.add_argument("--seed", metavar="N", type=_number(int, lambda n: n >= 0, "a seed >= 0"),
+                   type=_number(float, lambda x: invalid("lr", x) is None, f"a learning rate, {VALID['lr'][0]}"))
+    p.add_argument("--seed", metavar="N", type=_count("seed", "a seed"),
                    help="seed of the initial weights, the shuffling and dropout")
-    p.add_argument("--data", metavar="DIR", help="look for the data set in DIR first")
-    p.add_argument("--out", metavar="DIR", help="the run folder (default runs/<model>-<timestamp>)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--data", metavar="DIR", type=_folder, help="the folder that holds the data set")
+    p.add_argument("--out", metavar="DIR", type=_folder, help="the run folder (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", metavar="DIR", type=_folder, help="continue the run in DIR from its last checkpoint")
     p.set_defaults(func=_compile_and_train)
 
 
 def _compile_and_train(a):
+    _check_threads()
     _train().compile_and_train(a.file, train=a.train, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
                                data_dir=a.data, out=a.out, resume=a.resume)
 
@@ -89,8 +114,13 @@ def _compile_and_train(a):
 def _register_eval(sub):
     p = sub.add_parser("eval", help="accuracy of a checkpoint on its data set's test part")
     p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
-    p.add_argument("--data", metavar="DIR", help="look for the data set in DIR first")
-    p.set_defaults(func=lambda a: _train().eval_checkpoint(a.checkpoint, a.data) and 0)
+    p.add_argument("--data", metavar="DIR", type=_folder, help="the folder that holds the data set")
+    p.set_defaults(func=_eval)
+
+
+def _eval(a):
+    _check_threads()
+    _train().eval_checkpoint(a.checkpoint, a.data)
 
 
 def _register_predict(sub):
@@ -100,7 +130,12 @@ def _register_predict(sub):
                                    "28x28 is cropped to its ink, centred and resized.")
     p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
     p.add_argument("image", metavar="IMAGE", help="a PNG (or any format Pillow reads)")
-    p.set_defaults(func=lambda a: _train().predict(a.checkpoint, a.image) and 0)
+    p.set_defaults(func=_predict)
+
+
+def _predict(a):
+    _check_threads()
+    _train().predict(a.checkpoint, a.image)
 
 
 def _train():
@@ -125,7 +160,7 @@ def _register_dump_ir(sub):
     p.add_argument("--graph", choices=["train", "forward", "grads"],
                    help="with --emit: the training step (train, the default), inference (forward), "
                         "or the loss and gradients (grads)")
-    p.add_argument("--batch", metavar="N", type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
+    p.add_argument("--batch", metavar="N", type=_count("batch", "a batch size"),
                    help="specialise to N examples (IR: default symbolic; --emit: default the train block's batch)")
     p.set_defaults(func=_dump_ir)
 
@@ -153,8 +188,7 @@ def _register_bench(sub):
                                    "calls after 3 warm-up calls, as samples per second.")
     p.add_argument("file", metavar="FILE", help="the .od file")
     p.add_argument("--model", metavar="NAME", help="the model to measure when FILE has several")
-    p.add_argument("--batch", metavar="N", nargs="+", default=[32, 256],
-                   type=_number(int, lambda n: n >= 1, "a batch size >= 1"),
+    p.add_argument("--batch", metavar="N", nargs="+", default=[32, 256], type=_count("batch", "a batch size"),
                    help="batch sizes (default 32 256)")
     p.add_argument("--threads", metavar="N", type=_number(int, lambda n: n >= 1, "a thread count >= 1"),
                    help="threads per kernel (default: $ODC_NUM_THREADS, else every CPU this process may use)")
@@ -231,7 +265,7 @@ def _register_gradcheck(sub):
     p.add_argument("--samples", type=_number(int, lambda n: n >= 1, "a count >= 1"), default=16,
                    help="elements checked per parameter (default 16)")
     p.add_argument("--tol", type=_number(float, lambda x: x > 0, "a tolerance > 0"), default=1e-4)
-    p.add_argument("--seed", type=_number(int, lambda n: n >= 0, "a seed >= 0"), default=0)
+    p.add_argument("--seed", type=_count("seed", "a seed"), default=0)
     p.set_defaults(func=_gradcheck)
 
 

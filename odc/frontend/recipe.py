@@ -129,6 +129,6 @@ def _count(key: str, lo: int, hi: int):
     return setter
 
 
+LIMITS = {"epochs": (1, 100_000), "batch": (1, 1_000_000), "seed": (0, 2**63 - 1)}  # (lo, hi), inclusive
 _SETTERS = {"data": _set_data, "loss": _set_loss, "optimizer": _set_optimizer,
-            "epochs": _count("epochs", 1, 100_000), "batch": _count("batch", 1, 1_000_000),
-            "seed": _count("seed", 0, 2**63 - 1)}
+            **{key: _count(key, lo, hi) for key, (lo, hi) in LIMITS.items()}}
