@@ -7,8 +7,9 @@
 Arguments bind by name (``exe.arg_names``); other names are ignored. Arrays of another dtype
 or layout are converted; a wrong shape is an `OdcError`. Every call returns fresh output
 arrays. The intermediate values live in one arena allocated when the
-executable is created. Threads: ``$ODC_NUM_THREADS`` (default: the CPUs this process may
-use), read when the executable is created. `llvm_ir` and `assembly` show the generated code
+executable is created. Threads: ``$ODC_NUM_THREADS``, read when the executable is created,
+fixes their number; by default a call uses all the CPUs this process may use, or one when
+that is faster because other processes keep the cores busy (see `odc.codegen.threads`). `llvm_ir` and `assembly` show the generated code
 of a graph (what ``--emit llvm|asm`` prints); they do not depend on the cache.
 
 ``ODC_PROFILE=1`` (read at each compile; part of the cache key) compiles timers around every
@@ -20,10 +21,11 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 
 import numpy as np
 
-from odc.codegen import cache, jit, lower
+from odc.codegen import cache, jit, lower, threads
 from odc.errors import OdcError
 from odc.ir import ops
 from odc.ir.graph import Graph
@@ -33,16 +35,8 @@ STATUS = {1: "a label is out of range for the number of classes"}
 
 
 def num_threads() -> int:
-    value = os.environ.get("ODC_NUM_THREADS")
-    if value is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise OdcError(f"ODC_NUM_THREADS must be a positive integer, got {value!r}")
-    return n
+    """The most threads a call uses: ``$ODC_NUM_THREADS``, else what the process may use."""
+    return threads.fixed() or threads.available()
 
 
 def profiling() -> bool:
@@ -98,6 +92,7 @@ class Executable:
         self.arg_names = [a[0] for a in layout.args]
         self.output_names = [o[0] for o in layout.outputs]
         self.num_threads = num_threads()
+        self.threads = threads.Choice(self.num_threads, adaptive=threads.fixed() is None)
         self._args = [(n, np.dtype(ops.NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
         self._last = [(_UNSET, 0)] * len(self._args)  # (array, address) of the previous call
         self._outs, offset = [], 0  # (name, dtype, shape, byte offset in one allocation)
@@ -137,7 +132,10 @@ class Executable:
             for j, (_, _, _, off) in enumerate(self._outs):
                 bufs[2 + len(self._args) + j] = base + off
             self._status[0] = 0
-            status = self._step(bufs, self.num_threads)
+            n = self.threads.next()
+            start = time.perf_counter()
+            status = self._step(bufs, n)
+            self.threads.took(time.perf_counter() - start)
         if status:
             raise OdcError(STATUS.get(status, f"the compiled code failed with status {status}"))
         return results
