@@ -33,7 +33,8 @@ def _register_data(sub):
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     ls = actions.add_parser("list", help="show which data sets are found where")
-    ls.add_argument("--data", metavar="DIR", type=_folder, help="look in DIR first, as compile-and-train --data does")
+    ls.add_argument("--data", metavar="DIR", type=_folder,
+                    help="also list DIR, the one folder compile-and-train --data DIR looks in")
     ls.set_defaults(func=lambda args: print(_data().describe_data(args.data)))
     fetch = actions.add_parser("fetch", help="download and unpack EMNIST (about 560 MB)")
     fetch.add_argument("dataset", choices=["emnist"])

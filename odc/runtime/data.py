@@ -1,16 +1,17 @@
 """Training data: IDX files (MNIST, Fashion-MNIST, EMNIST), where they are found, fetching EMNIST,
 and the small EMNIST sample that ships with odc.
 
-`load_dataset(spec, data_dir)` looks for a data set in `--data DIR`, then `$ODC_DATA`, then the
-cache folder (`$ODC_DATA_HOME`, default `~/.cache/odc/data`); in each, first in the sub-folder
-named after the data set (`emnist/`, `mnist/`, `fashion_mnist/`), then in the folder itself. The
-first folder that holds the files wins. Images come back as uint8 `[n, 28, 28]`, upright (the
-official EMNIST files store every image transposed), labels as int64 class indices.
+`load_dataset(spec, data_dir)` looks for a data set in one place: `--data DIR` if given, else
+`$ODC_DATA` if set, else the cache folder (`$ODC_DATA_HOME`, default `~/.cache/odc/data`); there,
+first in the sub-folder named after the data set (`emnist/`, `mnist/`, `fashion_mnist/`), then in
+the folder itself. A folder that the user names (`--data`, `$ODC_DATA`) and that does not hold
+the data set is an error. Images come back as uint8 `[n, 28, 28]`, upright (the official EMNIST
+files store every image transposed), labels as int64 class indices.
 
 When a folder holds only one part (train or test), a deterministic stratified split of that part
-serves as train and test; `Dataset.note` says so. EMNIST Balanced falls back to ByMerge, which has
-the same 47 classes, and EMNIST Balanced/ByMerge fall back to the embedded sample when no folder
-holds them.
+serves as train and test; `Dataset.note` says so. A part (or split) without images is an error.
+EMNIST Balanced falls back to ByMerge, which has the same 47 classes, and EMNIST Balanced/ByMerge
+fall back to the embedded sample when no folder is named and the cache folder does not hold them.
 """
 from __future__ import annotations
 
@@ -166,12 +167,14 @@ def cache_dir() -> Path:
 
 
 def data_roots(data_dir=None) -> list[tuple[str, Path]]:
-    """Where data sets are looked for, in order: `--data DIR`, `$ODC_DATA`, the cache folder."""
+    """The places that hold data sets, as (label, folder): `--data DIR` and `$ODC_DATA` where
+    given, then the cache folder. `load_dataset` looks only in the first."""
     roots = []
     for label, value in (("--data", data_dir), ("$ODC_DATA", os.environ.get("ODC_DATA"))):
         if value:
             if not Path(value).expanduser().is_dir():
-                raise OdcError(f"{label} {value}: no such folder")
+                raise OdcError(f"{label} {value}: no such folder\nhint: name the folder that holds the "
+                               f"data set, or leave out {label} to use {cache_dir()}")
             roots.append((label, Path(value).expanduser()))
     return roots + [("cache", cache_dir())]
 
@@ -253,7 +256,13 @@ def _load_idx(folder: Path) -> Dataset:
 
 def load_dataset(spec, data_dir=None) -> Dataset:
     """Load the data set of a recipe's `data` key: ("emnist", SPLIT), ("mnist",), ("fashion_mnist",)
-    or ("idx", DIR). `data_dir` is the `--data DIR` flag."""
+    or ("idx", DIR). `data_dir` is the `--data DIR` flag.
+
+    The data set is looked for in one place only: `data_dir`, else `$ODC_DATA` if it is set, else
+    the cache folder. Both `data_dir` and `$ODC_DATA` name a folder the user means: one that does
+    not hold the data set is an OdcError listing the files looked for and the folders looked in,
+    never a silent switch to other data. The embedded sample stands in for emnist("balanced")
+    and emnist("bymerge") only when no folder is named and the cache folder does not hold them."""
     kind, *args = spec
     if kind == "idx" and len(args) == 1:
         return _load_idx(Path(args[0]).expanduser())
@@ -263,24 +272,34 @@ def load_dataset(spec, data_dir=None) -> Dataset:
         raise OdcError(f"unknown data set {kind}({', '.join(map(repr, args))})\nhint: one of emnist(SPLIT) "
                        f"with SPLIT in {', '.join(EMNIST_SPLITS)}; mnist(); fashion_mnist(); idx(DIR)")
     split = args[0] if args else None
-    roots = data_roots(data_dir)
-    for _, root in roots:
-        for folder in (root / kind, root):
-            if dataset := _load_from(kind, split, folder):
-                return dataset
-    looked = "; ".join(f"{label} {root}" for label, root in roots)
-    if kind == "emnist" and split in ("balanced", "bymerge"):
+    label, root = data_roots(data_dir)[0]
+    folders = (root / kind, root)
+    for folder in folders:
+        if dataset := _load_from(kind, split, folder):
+            return dataset
+    if kind == "emnist" and split in ("balanced", "bymerge") and label == "cache":
         dataset = load_sample()
-        dataset.note = (f"no EMNIST {split} files found (looked in {looked}); using the embedded sample of "
+        dataset.note = (f"no EMNIST {split} files in {root}; using the embedded sample of "
                         f"{len(dataset.train_y):,} train / {len(dataset.test_y):,} test images, enough to "
                         f"try odc but not to reach full accuracy; for the full data set run "
                         f"'odc data fetch emnist' or pass --data DIR")
         return dataset
-    files = (f"emnist-{split}-*" if kind == "emnist" else
-             "train-images-idx3-ubyte.gz and the other three IDX files")
-    raise OdcError(f"{kind}{f'({split!r})' if split else ''} not found; looked in {looked}\n"
-                   f"hint: put {files} into {cache_dir() / kind}, set $ODC_DATA, or pass --data DIR"
-                   + (" (or run 'odc data fetch emnist')" if kind == "emnist" else ""))
+    if kind == "emnist":
+        files = (f"emnist-{split}-{{train,test}}-{{images-idx3,labels-idx1}}-ubyte[.gz] and "
+                 f"emnist-{split}-mapping.txt" + (", or the same files of emnist-bymerge" if split == "balanced" else ""))
+    else:
+        files = "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
+    fetch = "run 'odc data fetch emnist'" if kind == "emnist" else f"put the files into {cache_dir() / kind}"
+    if label == "cache":
+        hint = f"{fetch}, set $ODC_DATA or pass --data DIR"
+    else:
+        hint = (f"name the folder that holds these files, or {fetch} and "
+                f"{'leave out --data' if label == '--data' else 'unset $ODC_DATA'}"
+                + (" (odc trains on its embedded sample when it finds no EMNIST files and no folder is named)"
+                   if kind == "emnist" and split in ("balanced", "bymerge") else ""))
+    raise OdcError(f"{label} {root}: error: holds no {kind}{f'({split!r})' if split else ''} data set\n"
+                   f"looked in {folders[0]} and {folders[1]} for {files} (one part, train or test, is enough)\n"
+                   f"hint: {hint}")
 
 
 # ---------------------------------------------------------------------------- the embedded sample

@@ -20,6 +20,7 @@ from odc.runtime import data
 from odc.runtime.data import as_float, load_dataset, read_idx, stratified_split
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "emnist"
+LENET5 = Path(__file__).resolve().parents[2] / "models" / "lenet5.od"
 IMAGES = "emnist-bymerge-test-images-idx3-ubyte.gz"
 LABELS = "emnist-bymerge-test-labels-idx1-ubyte.gz"
 
@@ -191,7 +192,7 @@ def test_mnist_and_fashion_layouts(tmp_path):
     np.testing.assert_array_equal(ds.train_x, x)  # MNIST files are stored upright
     np.testing.assert_array_equal(ds.test_y, y[:6])
     assert all(a.flags.c_contiguous and a.flags.writeable for a in (ds.train_x, ds.test_x))
-    with pytest.raises(OdcError, match="mnist not found"):
+    with pytest.raises(OdcError, match="holds no mnist data set"):
         load_dataset(("mnist",), data_dir=tmp_path)  # no mnist/ there, and no files at the top
 
 
@@ -263,17 +264,67 @@ def test_location_order_data_flag_then_env_then_cache(tmp_path, monkeypatch):
     assert len(load_dataset(("mnist",)).train_y) == 9
 
 
-def test_nothing_found(tmp_path, monkeypatch):
-    monkeypatch.setenv("ODC_DATA", str(tmp_path))
+def test_a_named_folder_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    """--data DIR wins over $ODC_DATA and the cache even when the data set is only there."""
+    x, y = tiny(7)
+    for place in ("env", "cache"):
+        write_set(tmp_path / place / "mnist", "train", x, y)
+    (tmp_path / "flag").mkdir()
+    monkeypatch.setenv("ODC_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
+    with pytest.raises(OdcError, match=f"--data {tmp_path / 'flag'}: error: holds no mnist data set"):
+        load_dataset(("mnist",), data_dir=tmp_path / "flag")
+    monkeypatch.setenv("ODC_DATA", str(tmp_path / "flag"))
+    with pytest.raises(OdcError, match=f"ODC_DATA {tmp_path / 'flag'}: error: holds no mnist data set"):
+        load_dataset(("mnist",))
+
+
+@pytest.mark.parametrize("named", ["--data", "$ODC_DATA"])
+@pytest.mark.parametrize("split", ["balanced", "bymerge", "letters"])
+def test_a_named_folder_without_the_data_is_an_error_not_the_sample(named, split, tmp_path, monkeypatch):
+    """A user who names a folder means it: no fall back to the embedded sample. The error lists
+    the file names looked for and the folders looked in, with a hint."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    if named == "$ODC_DATA":
+        monkeypatch.setenv("ODC_DATA", str(folder))
     with pytest.raises(OdcError) as e:
-        load_dataset(("mnist",), data_dir=tmp_path)
-    assert f"looked in --data {tmp_path}; $ODC_DATA {tmp_path}; cache {tmp_path / 'cache'}" in str(e.value)
-    with pytest.raises(OdcError, match="odc data fetch emnist"):
+        load_dataset(("emnist", split), data_dir=folder if named == "--data" else None)
+    text = str(e.value)
+    assert text.startswith(f"{named} {folder}: error: holds no emnist('{split}') data set")
+    assert f"looked in {folder / 'emnist'} and {folder} for " in text
+    assert f"emnist-{split}-{{train,test}}-{{images-idx3,labels-idx1}}-ubyte[.gz]" in text
+    assert f"emnist-{split}-mapping.txt" in text
+    assert ("or the same files of emnist-bymerge" in text) == (split == "balanced")
+    assert "hint: name the folder that holds these files, or run 'odc data fetch emnist' and " in text
+    assert ("leave out --data" if named == "--data" else "unset $ODC_DATA") in text
+
+
+def test_cli_data_folder_without_the_data_exits_1_before_training(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "run"
+    code = main(["compile-and-train", str(LENET5), "--data", str(tmp_path / "empty"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and f"--data {tmp_path / 'empty'}: error: holds no emnist('balanced') data set" in err
+    assert "hint:" in err and "Traceback" not in err and "embedded sample of" not in err
+    assert not out.exists()
+
+
+def test_nothing_found_without_a_named_folder(tmp_path):
+    with pytest.raises(OdcError) as e:
+        load_dataset(("mnist",))
+    cache = tmp_path / "cache"
+    assert str(e.value).startswith(f"cache {cache}: error: holds no mnist data set")
+    assert f"looked in {cache / 'mnist'} and {cache} for {{train,t10k}}-" in str(e.value)
+    assert f"hint: put the files into {cache / 'mnist'}, set $ODC_DATA or pass --data DIR" in str(e.value)
+    with pytest.raises(OdcError, match="hint: run 'odc data fetch emnist'"):
         load_dataset(("emnist", "letters"))
-    ds = load_dataset(("emnist", "balanced"))
-    assert ds.source == str(data.SAMPLE)
-    assert "using the embedded sample of 16,450 train / 2,350 test" in ds.note
-    assert "odc data fetch emnist" in ds.note
+    for split in ("balanced", "bymerge"):  # the embedded sample stands in, and says so
+        ds = load_dataset(("emnist", split))
+        assert ds.source == str(data.SAMPLE)
+        assert f"no EMNIST {split} files in {cache}" in ds.note
+        assert "using the embedded sample of 16,450 train / 2,350 test" in ds.note
+        assert "odc data fetch emnist" in ds.note
 
 
 # ---------------------------------------------------------------------------- the embedded sample
