@@ -181,12 +181,18 @@ def data_roots(data_dir=None) -> list[tuple[str, Path]]:
 
 def _load(name, folder, parts, classes, upright, note="") -> Dataset:
     """Read the parts of a data set; map labels to class indices (`classes`: {label: name}, or
-    None for labels 0..max); split a lone part."""
+    None for labels 0..max); split a lone part. Train and test must each get an image."""
     arrays = {}
     for part, (images, labels) in parts.items():
         x, y = read_idx(images, 3), read_idx(labels, 1)
         if len(x) != len(y):
             raise OdcError(f"{labels}: error: {len(y):,} labels for the {len(x):,} images in {images.name}")
+        if len(x) == 0:
+            other = "test" if part == "train" else "train"
+            fix = (f"remove it and {labels.name} to have the {other} part split into train and test"
+                   if other in parts else f"add the {other} part beside it")
+            raise OdcError(f"{images}: error: holds 0 images: the {part} part of {name} needs at least one\n"
+                           f"hint: put images into it, or {fix}")
         arrays[part] = ((x if upright else x.transpose(0, 2, 1)).copy(), y, labels)  # C-contiguous
     if classes is None:
         top = max(int(y.max(initial=0)) for _, y, _ in arrays.values())
@@ -201,6 +207,11 @@ def _load(name, folder, parts, classes, upright, note="") -> Dataset:
     if len(arrays) == 1:
         (part, (x, y)), = arrays.items()
         train, test = stratified_split(y)
+        if len(test) == 0:  # every class has too few images to hold one out
+            other = "test" if part == "train" else "train"
+            raise OdcError(f"{parts[part][0]}: error: {len(y):,} image{'s' * (len(y) != 1)} of {name}, too few "
+                           f"to split into train and test (1/7 of each class, rounded, is held out: none here)\n"
+                           f"hint: add the {other} part beside it, or more images")
         arrays = {"train": (x[train], y[train]), "test": (x[test], y[test])}
         note += ("; " if note else "") + (f"{name} has only a {part} part here: stratified split into "
                                           f"{len(train):,} train / {len(test):,} test "

@@ -248,6 +248,36 @@ def test_bad_specs(tmp_path):
         load_dataset(("mnist",), data_dir=tmp_path / "nope")
 
 
+@pytest.mark.parametrize("sizes, culprit, message", [
+    ({"train": 0, "t10k": 5}, "train-images-idx3-ubyte.gz", "holds 0 images: the train part of mnist needs at least one"),
+    ({"train": 20, "t10k": 0}, "t10k-images-idx3-ubyte.gz", "holds 0 images: the test part of mnist needs at least one"),
+    ({"train": 0}, "train-images-idx3-ubyte.gz", "holds 0 images: the train part of mnist needs at least one"),
+    ({"t10k": 1}, "t10k-images-idx3-ubyte.gz", "1 image of mnist, too few to split into train and test"),
+    ({"train": 3}, "train-images-idx3-ubyte.gz", "3 images of mnist, too few to split into train and test"),
+], ids=["empty train", "empty test", "lone empty part", "lone 1-image part", "lone 3-image part"])
+def test_a_part_without_images_is_an_error_naming_the_file(sizes, culprit, message, tmp_path):
+    """It was 'ValueError: need at least one array to concatenate' (or a division by zero) later."""
+    for stem, n in sizes.items():
+        write_set(tmp_path / "mnist", stem, *tiny(n))
+    with pytest.raises(OdcError) as e:
+        load_dataset(("mnist",), data_dir=tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / 'mnist' / culprit}: error: {message}")
+    assert "\nhint: " in str(e.value)
+
+
+def test_one_train_and_one_test_image_train_a_model(tmp_path, capsys):
+    """The smallest data set there is still trains and evaluates."""
+    write_set(tmp_path / "mnist", "train", *tiny(1))
+    write_set(tmp_path / "mnist", "t10k", *tiny(1, seed=1))
+    model = tmp_path / "m.od"
+    model.write_text("model M(classes = 10):\n    input image: f32[N, 1, 28, 28]\n"
+                     "    return dense(flatten(image), classes)\n\n"
+                     "train M:\n    data = mnist()\n    epochs = 1\n")
+    assert main(["compile-and-train", str(model), "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 0
+    assert "on mnist: 1 train / 1 test images" in capsys.readouterr().out
+    assert (tmp_path / "run" / "checkpoint.safetensors").is_file()
+
+
 # ---------------------------------------------------------------------------- where data is found
 
 def test_location_order_data_flag_then_env_then_cache(tmp_path, monkeypatch):
