@@ -297,7 +297,8 @@ def load_dataset(spec, data_dir=None) -> Dataset:
         return dataset
     if kind == "emnist":
         files = (f"emnist-{split}-{{train,test}}-{{images-idx3,labels-idx1}}-ubyte[.gz] and "
-                 f"emnist-{split}-mapping.txt" + (", or the same files of emnist-bymerge" if split == "balanced" else ""))
+                 f"emnist-{split}-mapping.txt")
+        files += ", or the same files of emnist-bymerge" if split == "balanced" else ""
     else:
         files = "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"
     fetch = "run 'odc data fetch emnist'" if kind == "emnist" else f"put the files into {cache_dir() / kind}"
