@@ -8,6 +8,7 @@ a source span, rendered as ``path:line:col: error: message``, the source line, a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -15,9 +16,14 @@ class SourceFile:
     path: str
     text: str
 
+    @cached_property
+    def lines(self) -> list[str]:
+        """The text's lines, split once (a file with many errors renders many of them) and only at
+        newlines, as the lexer counts them (not at the other line breaks of `str.splitlines`)."""
+        return [line.removesuffix("\r") for line in self.text.split("\n")]
+
     def line(self, n: int) -> str:
-        lines = self.text.splitlines()
-        return lines[n - 1] if 0 < n <= len(lines) else ""
+        return self.lines[n - 1] if 0 < n <= len(self.lines) else ""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ own parameters (an explicit `param NAME` in a def becomes `<def><k>.NAME`, k cou
 An error in a def's body notes the call that inlined it.
 
 A model has one input, the image batch, and returns float logits [batch, classes] with a known
-number of classes (what training needs); no tensor may have more than `MAX_ELEMENTS` elements
-(per batch item, for a tensor with symbolic sizes).
+number of classes (what training needs). Tensors are f32 (`COMPUTE_DTYPES`: what code generation
+supports). The sizes of tensors, of the graph, and how many defs are inlined how deep are bounded
+(`odc.frontend.limits`), each reported where it is exceeded.
 
 Errors do not stop the walk. A statement that fails records a diagnostic and binds its name to
 `POISON`; whatever is computed from poison is poison too and reports nothing, so each independent
@@ -29,11 +30,16 @@ from dataclasses import dataclass
 
 from odc.errors import CompileError, Diagnostic, OdcError, Span
 from odc.frontend import ast
+from odc.frontend.limits import (MAX_DEF_DEPTH, MAX_ELEMENTS, MAX_INLINED_CALLS, MAX_NODES, MAX_PARAMETERS,
+                                 MAX_SAMPLE_ELEMENTS)
 from odc.ir import ops
 from odc.ir.graph import DTYPES, Graph, TensorType
 from odc.ir.passes.autodiff import RESERVED
 
-MAX_ELEMENTS = 2 ** 31
+# The element types code generation supports: every kernel computes in f32 (the others are
+# refused there, odc/codegen/kernels/__init__.py), so they are refused here, at check time.
+COMPUTE_DTYPES = ("f32",)
+NUMBER_HINT = "odc's numbers are 64-bit floats, at most about 1.8e308"
 
 
 class Fail(Exception):
@@ -97,7 +103,7 @@ def as_call(e: ast.Expr) -> ast.Call | None:
 def literal(e: ast.Expr):
     """The value of a constant expression: a number (maybe negated), a string, true or false."""
     if isinstance(e, ast.Number) and not fits_float(e.value):
-        raise Fail("number too large", e.span)
+        raise Fail("number too large", e.span, NUMBER_HINT)
     if isinstance(e, (ast.Number, ast.String, ast.Bool)):
         return e.value
     if isinstance(e, ast.Neg) and isinstance(e.operand, ast.Number):
@@ -177,6 +183,8 @@ class ModelLowerer:
         self.counts: Counter[str] = Counter()  # layers per op kind, calls per def
         self.arg_names: set[str] = set()       # inputs and parameters
         self.inlining: list[str] = []          # defs being inlined, innermost last
+        self.inlined = 0                       # def calls inlined so far
+        self.param_elements = 0                # elements of the parameters so far
 
     def run(self, hypers: dict[str, int | float]) -> Graph:
         out = self.block(self.model.body, dict(hypers), None)
@@ -280,15 +288,30 @@ class ModelLowerer:
             raise Fail(f"the name '{name}' is reserved: training adds an input '{name}' for the targets",
                        span, "choose another name")
         self.check_size(f"{op} {name}", t, span)
+        if op == "param":
+            self.param_elements += t.numel
+            if self.param_elements > MAX_PARAMETERS >= self.param_elements - t.numel:  # reported once
+                raise Fail(f"with {name} {t}, the parameters of {self.model.name} would have "
+                           f"{self.param_elements:,} elements; odc allows at most {MAX_PARAMETERS:,} in all",
+                           span, "use fewer or smaller layers")
         self.arg_names.add(name)
-        return self.g.add(op, attrs=attrs, type=t, span=span, name=name)
+        return self.add(op, [], attrs, t, span, name)
+
+    def add(self, op: str, args: list[int], attrs: dict, t: TensorType, span: Span, name: str | None = None) -> int:
+        """A new node of the graph, within `MAX_NODES`."""
+        if len(self.g) >= MAX_NODES:
+            raise Fail(f"model {self.model.name} grows past {MAX_NODES:,} graph nodes here", span,
+                       "a def is inlined at every call: call fewer defs, or defs with fewer layers")
+        return self.g.add(op, args, attrs, t, span, name)
 
     def check_size(self, what: str, t: TensorType, span: Span) -> None:
+        """At most `MAX_ELEMENTS` elements, or `MAX_SAMPLE_ELEMENTS` per batch item where a size is
+        a symbol (the batch)."""
         n = math.prod(d for d in t.shape if isinstance(d, int))
-        if n > MAX_ELEMENTS:
-            per = " per batch item" if not t.is_concrete else ""
-            raise Fail(f"{what} {t} would have {n:,} elements{per}; odc allows at most {MAX_ELEMENTS:,}",
-                       span, "use smaller sizes")
+        limit, per = (MAX_ELEMENTS, "") if t.is_concrete else (MAX_SAMPLE_ELEMENTS, " per batch item")
+        if n > limit:
+            raise Fail(f"{what} {t} would have {n:,} elements{per}; odc allows at most {limit:,}{per}", span,
+                       f"use smaller sizes (at most {limit * 4 // 2 ** 20:,} MiB of f32{per})")
 
     def type(self, t: ast.Type, env: dict, what: str) -> TensorType:
         """The type of an input (a new name in it becomes a symbol) or a parameter (sizes must be
@@ -324,6 +347,10 @@ class ModelLowerer:
         if t.dtype not in DTYPES:
             raise Fail(f"unknown element type '{t.dtype}'", t.dtype_span,
                        did_you_mean(t.dtype, DTYPES) or f"one of {', '.join(DTYPES)}")
+        if t.dtype not in COMPUTE_DTYPES:
+            raise Fail(f"element type {t.dtype} is not supported yet: odc computes in "
+                       f"{' and '.join(COMPUTE_DTYPES)}", t.dtype_span,
+                       f"declare it {COMPUTE_DTYPES[0]}, e.g. {COMPUTE_DTYPES[0]}[{', '.join(str(d.value) for d in t.dims)}]")
 
     def assign(self, st: ast.Assign, env: dict):
         v = self.eval(st.value, env)
@@ -429,7 +456,7 @@ class ModelLowerer:
                 raise Fail("division by zero", e.right.span)
             v = FOLD[e.op](a, b)
             if not fits_float(v):
-                raise Fail("number too large", e.span)
+                raise Fail("number too large", e.span, NUMBER_HINT)
             return v
         if isinstance(a, Tensor) and is_number(b) and e.op != "matmul":
             b = self.const(b, self.g.type(a.id).dtype, e.right.span)
@@ -464,6 +491,16 @@ class ModelLowerer:
         a = self.args(d.name, ", ".join(p.id for p in d.params), call, env)
         if POISON in (v for v, _ in a.values()):
             return POISON
+        if len(self.inlining) >= MAX_DEF_DEPTH:
+            raise Fail(f"def calls nest too deeply: calling {d.name} here puts {len(self.inlining) + 1} defs "
+                       f"inside each other; odc allows at most {MAX_DEF_DEPTH}", call.span,
+                       "call some of the inner defs from the model instead")
+        self.inlined += 1
+        if self.inlined > MAX_INLINED_CALLS:
+            raise Fail(f"calling {d.name} here inlines more than {MAX_INLINED_CALLS:,} def calls into "
+                       f"model {self.model.name}", call.span,
+                       "a def is inlined at every call, so a def that calls another twice, k deep, "
+                       "inlines 2^k calls: call fewer defs")
         self.counts[d.name] += 1
         self.inlining.append(d.name)
         first = len(self.diags)
@@ -487,7 +524,7 @@ class ModelLowerer:
     def node(self, op: str, args: list[Tensor], attrs: dict, span: Span) -> Tensor:
         t = self.infer(op, [self.g.type(a.id) for a in args], attrs, span)
         self.check_size(f"the result of {op},", t, span)
-        return Tensor(self.g.add(op, [a.id for a in args], attrs, t, span))
+        return Tensor(self.add(op, [a.id for a in args], attrs, t, span))
 
     def describe(self, v) -> str:
         if isinstance(v, Tensor):
@@ -569,7 +606,7 @@ class ModelLowerer:
         ids = [self.arg("param", f"{op}{self.counts[op]}.{role}", pt, init, call.span)
                for role, (pt, init) in zip(("weight", "bias"), params)]
         self.check_size(f"the result of {op},", t, call.span)
-        return Tensor(self.g.add(irop, [x.id, *ids], attrs, t, call.span))
+        return Tensor(self.add(irop, [x.id, *ids], attrs, t, call.span))
 
     def lower_conv2d(self, op, call, a):
         x, xt = self.arg_tensor(op, a, "x")

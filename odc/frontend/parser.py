@@ -1,82 +1,62 @@
-"""Text → syntax tree (`odc.frontend.ast`).
+"""Text → syntax tree (`odc.frontend.ast`), in time linear in the length of the text.
 
-The grammar (`grammar.lark`) is LALR(1). Indentation is turned into _INDENT/_DEDENT tokens by
-`OdIndenter`, lark's Python-style post-lexer; newlines inside brackets are ignored. A syntax error
-becomes a `CompileError` at the offending token that lists, in words, what could have come there:
-the parser is asked which terminals it would accept, and groups of them are named ("an
-expression", "an operator").
+The grammar (precedence and associativity as in Python; docs/language.md shows it):
+
+    file       := (NEWLINE | model | def | train)*
+    model      := "model" NAME "(" [hyper ("," hyper)* [","]] ")" ":" body       hyper := NAME "=" expr
+    def        := "def" NAME "(" [NAME ("," NAME)* [","]] ")" ":" body
+    train      := "train" NAME ":" NEWLINE INDENT (NAME "=" expr NEWLINE)+ DEDENT
+    body       := NEWLINE INDENT stmt+ DEDENT
+    stmt       := "input" NAME ":" type NEWLINE | NAME [":" type] "=" expr NEWLINE
+                | "param" NAME ":" type "=" expr NEWLINE | "return" expr NEWLINE
+    type       := NAME "[" [dim ("," dim)*] "]"                                    dim := INT | NAME
+    expr       := expr ("+" | "-") term | term
+    term       := term ("*" | "/" | "@") unary | unary
+    unary      := "-" unary | atom
+    atom       := NAME | INT | FLOAT | STRING | "true" | "false" | "(" expr ")"
+                | NAME "(" [arg ("," arg)* [","]] ")" | "[" [expr ("," expr)* [","]] "]"
+    arg        := expr | NAME "=" expr
+
+`tokens` is the lexer: one regular expression, and indentation turned into INDENT/DEDENT tokens
+as Python does (newlines inside brackets do not count; blank and comment lines neither). The
+keywords are names where a keyword cannot stand (`return input` returns the name `input`).
+`Parser` is recursive descent. A syntax error is a `CompileError` at the offending token that
+says, in words, what could have come there: every token kind the parser tested at that place
+("an expression", "an operator", "')'"). An expression may nest at most `MAX_NESTING` levels,
+so that neither parsing nor lowering recurses without bound.
 """
 from __future__ import annotations
 
-from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedToken
-from lark.indenter import Indenter
-from lark.lexer import PatternStr
+import re
 
 from odc.errors import CompileError, Diagnostic, SourceFile, Span
 from odc.frontend import ast
+from odc.frontend.limits import MAX_NESTING
 
+_PUNCTUATION = {"(": "LPAR", ")": "RPAR", "[": "LSQB", "]": "RSQB", ",": "COMMA", ":": "COLON", "=": "EQUAL",
+                "+": "PLUS", "-": "MINUS", "*": "STAR", "/": "SLASH", "@": "AT"}
+_TOKEN = re.compile("|".join([
+    r"(?P<NL>(?:#[^\n]*)?(?:\r?\n[ ]*(?:#[^\n]*)?)+)",  # newlines, with the comments and blank lines between
+    r"(?P<SPACE>[ ]+)",
+    r"(?P<COMMENT>#[^\n]*)",
+    r"(?P<FLOAT>(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)",
+    r"(?P<INT>[0-9]+)",
+    r"(?P<NAME>[A-Za-z_][A-Za-z0-9_]*)",
+    r"(?P<STRING>\"[^\"\n]*\")",
+    r"(?P<PUNCT>[-+*/@()\[\],:=])",
+]))
+_MAX_INT_DIGITS = 309  # 10**309 is beyond a float's range: too large for any use in odc
 
-class _IndentError(Exception):
-    def __init__(self, token: Token, indent: int, levels: list[int]):
-        self.token, self.indent, self.levels = token, indent, levels
-
-
-class OdIndenter(Indenter):
-    NL_type = "_NEWLINE"
-    OPEN_PAREN_types = ["LPAR", "LSQB"]
-    CLOSE_PAREN_types = ["RPAR", "RSQB"]
-    INDENT_type = "_INDENT"
-    DEDENT_type = "_DEDENT"
-    tab_len = 8  # unused: the grammar admits no tabs
-
-    def handle_NL(self, token):
-        if self.paren_level > 0:
-            return
-        yield token
-        indent = len(token.rsplit("\n", 1)[1])
-        if indent > self.indent_level[-1]:
-            self.indent_level.append(indent)
-            yield Token.new_borrow_pos(self.INDENT_type, "", token)
-        elif indent not in self.indent_level:
-            raise _IndentError(token, indent, self.indent_level)
-        else:
-            while indent < self.indent_level[-1]:
-                self.indent_level.pop()
-                yield Token.new_borrow_pos(self.DEDENT_type, "", token)
-
-    def _process(self, stream):
-        # lark's version asserts on an unmatched ')'; here the parser reports it instead
-        token = None
-        for token in stream:
-            yield from self.handle_NL(token) if token.type == self.NL_type else (token,)
-            if token.type in self.OPEN_PAREN_types:
-                self.paren_level += 1
-            elif token.type in self.CLOSE_PAREN_types:
-                self.paren_level = max(0, self.paren_level - 1)
-        while len(self.indent_level) > 1 and not self.paren_level:  # else the file ends in brackets
-            self.indent_level.pop()
-            yield Token.new_borrow_pos(self.DEDENT_type, "", token)
-
-
-_LARK = Lark.open("grammar.lark", rel_to=__file__, parser="lalr", postlex=OdIndenter(),
-                  propagate_positions=True, maybe_placeholders=True)
-
-# Terminals named in words; anonymous ones (keywords, punctuation) are quoted.
+# Token kinds named in words; the others (keywords, punctuation) are quoted.
 _WORDS = {"NAME": "a name", "INT": "an integer", "FLOAT": "a number", "STRING": "a string",
-          "_NEWLINE": "end of line", "_INDENT": "an indented block",
-          "_DEDENT": "end of block", "$END": "end of file"}
-# Sets of terminals named as one, when all of them could come.
+          "_NEWLINE": "end of line", "_INDENT": "an indented block", "_DEDENT": "end of block",
+          "$END": "end of file"}
+_QUOTED = {kind: f"'{text}'" for text, kind in _PUNCTUATION.items()} | {
+    w.upper(): f"'{w}'" for w in ("model", "def", "train", "input", "param", "return", "true", "false")}
+# Sets of token kinds named as one, when all of them could come.
 _GROUPS = [("an expression", {"NAME", "INT", "FLOAT", "STRING", "TRUE", "FALSE", "LPAR", "LSQB", "MINUS"}),
            ("an operator", {"PLUS", "MINUS", "STAR", "SLASH", "AT"})]
 _ORDER = ["NAME", "INT", "RPAR", "RSQB", "COMMA", "COLON", "EQUAL", "LPAR", "LSQB"]
-
-
-def _describe_terminal(name: str) -> str:
-    if name in _WORDS:
-        return _WORDS[name]
-    pattern = _LARK.get_terminal(name).pattern
-    return f"'{pattern.value}'" if isinstance(pattern, PatternStr) else name.lower()
 
 
 def expected_in_words(expected: set[str]) -> str:
@@ -87,163 +67,371 @@ def expected_in_words(expected: set[str]) -> str:
             words.append(group)
             rest -= members
     rank = {t: i for i, t in enumerate(_ORDER)}
-    words += [_describe_terminal(t) for t in sorted(rest, key=lambda t: (rank.get(t, len(rank)), t))]
+    words += [_WORDS.get(t) or _QUOTED[t] for t in sorted(rest, key=lambda t: (rank.get(t, len(rank)), t))]
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def _describe_token(tok: Token) -> str:
-    kind = {"NAME": "name", "INT": "number", "FLOAT": "number", "STRING": "string"}.get(tok.type)
-    if kind:
-        return f"{kind} {tok.value}" if tok.type == "STRING" else f"{kind} '{tok.value}'"
-    return "indentation" if tok.type == "_INDENT" else _describe_terminal(tok.type)
+class Tok:
+    """A token: its kind (NAME, INT, FLOAT, STRING, a punctuation kind such as LPAR, _NEWLINE,
+    _INDENT, _DEDENT, $END, or ERROR carrying the `CompileError` of unreadable text), its text
+    and where it starts and ends. _INDENT, _DEDENT and $END take no room: they stand where the
+    text after the newline that made them starts (the end of the last token, for $END)."""
+    __slots__ = ("kind", "text", "line", "col", "end_line", "end_col", "error")
+
+    def __init__(self, kind, text, line, col, end_line, end_col, error=None):
+        self.kind, self.text, self.line, self.col = kind, text, line, col
+        self.end_line, self.end_col, self.error = end_line, end_col, error
+
+    def span(self, src: SourceFile) -> Span:
+        width = len(self.text.split("\n")[0])  # a _NEWLINE token may start with a comment
+        return Span(src, self.line, self.col, self.line, self.col + max(1, width))
+
+    def describe(self) -> str:
+        kind = {"NAME": "name", "INT": "number", "FLOAT": "number", "STRING": "string"}.get(self.kind)
+        if kind:
+            return f"{kind} {self.text}" if self.kind == "STRING" else f"{kind} '{self.text}'"
+        return "indentation" if self.kind == "_INDENT" else _WORDS.get(self.kind) or _QUOTED[self.kind]
 
 
-def _token_span(src: SourceFile, tok: Token) -> Span:
-    if tok.type in ("_INDENT", "_DEDENT", "$END"):
-        # where the text after the newline that made them starts
-        line, col = (tok.end_line, tok.end_column) if tok.end_line else (1, 1)
-        return Span(src, line, col, line, col + 1)
-    width = len(tok.value.split("\n")[0])  # a _NEWLINE token may start with a comment
-    return Span(src, tok.line, tok.column, tok.line, tok.column + max(1, width))
+def tokens(src: SourceFile) -> list[Tok]:
+    """The tokens of the text, ending in $END, or in an ERROR token where the text cannot be read
+    (a tab, an unterminated string, an odd character, a dedent to no enclosing level)."""
+    text = src.text if src.text.endswith("\n") else src.text + "\n"
+    out: list[Tok] = []
+    levels = [0]  # the indentation of the enclosing blocks
+    parens = 0
+    line, line_start, pos, end = 1, 0, 0, len(text)
+    match = _TOKEN.match
+    while pos < end:
+        m = match(text, pos)
+        col = pos - line_start + 1
+        if m is None:
+            out.append(Tok("ERROR", "", line, col, line, col, CompileError(_bad_character(src, text[pos], line, col))))
+            return out
+        kind, value, pos = m.lastgroup, m.group(), m.end()
+        if kind == "NL":
+            first_line, first_col = line, col
+            line += value.count("\n")
+            line_start = pos - (len(value) - value.rindex("\n") - 1)
+            if parens:
+                continue
+            indent = pos - line_start
+            out.append(Tok("_NEWLINE", value, first_line, first_col, line, indent + 1))
+            if indent > levels[-1]:
+                levels.append(indent)
+                out.append(Tok("_INDENT", "", line, indent + 1, line, indent + 1))
+            elif indent not in levels:
+                hint = "indent it by " + " or ".join(str(n) for n in reversed(levels)) + " spaces"
+                error = CompileError(Diagnostic(
+                    f"this line is indented by {indent} spaces, which matches no enclosing block",
+                    Span(src, line, indent + 1, line, indent + 2), hint))
+                out.append(Tok("ERROR", "", line, indent + 1, line, indent + 1, error))
+                return out
+            while indent < levels[-1]:
+                levels.pop()
+                out.append(Tok("_DEDENT", "", line, indent + 1, line, indent + 1))
+        elif kind == "PUNCT":
+            kind = _PUNCTUATION[value]
+            if kind in ("LPAR", "LSQB"):
+                parens += 1
+            elif kind in ("RPAR", "RSQB"):
+                parens = max(0, parens - 1)  # an unmatched ')' is the parser's to report
+            out.append(Tok(kind, value, line, col, line, col + len(value)))
+        elif kind not in ("SPACE", "COMMENT"):
+            out.append(Tok(kind, value, line, col, line, col + len(value)))
+    last = out[-1] if out else None
+    at = (last.end_line, last.end_col) if last else (1, 1)
+    if not parens:  # else the file ends inside brackets, which the parser reports
+        out += [Tok("_DEDENT", "", *at, *at) for _ in levels[1:]]
+    out.append(Tok("$END", "", *at, *at))
+    return out
+
+
+def _bad_character(src: SourceFile, char: str, line: int, col: int) -> Diagnostic:
+    span = Span(src, line, col, line, col + 1)
+    if char == "\t":
+        return Diagnostic("tab character; odc indents with spaces only", span, "replace each tab with spaces")
+    if char == '"':
+        return Diagnostic("unterminated string", span, 'a string ends with " on the same line')
+    return Diagnostic(f"unexpected character {char!r}", span)
 
 
 def parse(src: SourceFile) -> ast.File:
-    text = src.text if src.text.endswith("\n") else src.text + "\n"
-    try:
-        tree = _LARK.parse(text)
-    except UnexpectedCharacters as e:
-        span = Span(src, e.line, e.column, e.line, e.column + 1)
-        if e.char == "\t":
-            raise CompileError(Diagnostic("tab character; odc indents with spaces only", span,
-                                          "replace each tab with spaces")) from None
-        if e.char == '"':
-            raise CompileError(Diagnostic("unterminated string", span,
-                                          'a string ends with " on the same line')) from None
-        raise CompileError(Diagnostic(f"unexpected character {e.char!r}", span)) from None
-    except UnexpectedToken as e:
-        expected = e.interactive_parser.accepts() if e.interactive_parser else set(e.expected)
-        msg = f"unexpected {_describe_token(e.token)}"
-        if expected:
-            msg += f"; expected {expected_in_words(expected)}"
-        raise CompileError(Diagnostic(msg, _token_span(src, e.token))) from None
-    except _IndentError as e:
-        line, col = e.token.end_line, e.token.end_column
-        levels = " or ".join(str(n) for n in reversed(e.levels))
-        raise CompileError(Diagnostic(
-            f"this line is indented by {e.indent} spaces, which matches no enclosing block",
-            Span(src, line, col, line, col + 1), f"indent it by {levels} spaces")) from None
-    return _ToAst(src).transform(tree)
+    return Parser(src).file()
 
 
-def _span(src: SourceFile, first, last=None) -> Span:
-    """The span from the start of `first` to the end of `last` (a lark token or meta, or a Span)."""
-    last = last or first
-    if isinstance(last, Span):
-        return Span(src, first.line, first.column, last.end_line, last.end_col)
-    return Span(src, first.line, first.column, last.end_line, last.end_column)
-
-
-@v_args(meta=True, inline=True)
-class _ToAst(Transformer):
+class Parser:
     def __init__(self, src: SourceFile):
-        super().__init__()
         self.src = src
+        self.toks = tokens(src)
+        self.i = 0
+        self.expected: set[str] = set()  # the kinds tested since the last token was taken
 
-    def sp(self, meta) -> Span:
-        return _span(self.src, meta)
+    # -- tokens -----------------------------------------------------------------------------
+    def at(self, kind: str) -> bool:
+        self.expected.add(kind)
+        tok = self.toks[self.i]
+        if tok.kind == "ERROR":
+            raise tok.error
+        return tok.kind == kind
 
-    # -- expressions
-    def name(self, meta, tok):
-        return ast.Name(str(tok), self.sp(meta))
+    def at_keyword(self, word: str) -> bool:
+        tok = self.toks[self.i]
+        return self.at(word.upper()) or (tok.kind == "NAME" and tok.text == word)
 
-    def int(self, meta, tok):
-        return ast.Number(int(tok), self.sp(meta))
+    def take(self, kind: str | None = None) -> Tok:
+        """The next token; with `kind`, it must be of that kind."""
+        if kind is not None and not self.at(kind):
+            raise self.unexpected()
+        tok = self.toks[self.i]
+        self.i += 1
+        self.expected = set()
+        return tok
 
-    def float(self, meta, tok):
-        return ast.Number(float(tok), self.sp(meta))
+    def unexpected(self) -> CompileError:
+        tok = self.toks[self.i]
+        msg = f"unexpected {tok.describe()}"
+        if self.expected:
+            msg += f"; expected {expected_in_words(self.expected)}"
+        return CompileError(Diagnostic(msg, tok.span(self.src)))
 
-    def string(self, meta, tok):
-        return ast.String(str(tok)[1:-1], self.sp(meta))
+    def span(self, first: Tok | Span, last: Tok | Span) -> Span:
+        return Span(self.src, first.line, first.col, last.end_line, last.end_col)
 
-    def true(self, meta):
-        return ast.Bool(True, self.sp(meta))
+    # -- declarations -----------------------------------------------------------------------
+    def file(self) -> ast.File:
+        decls = []
+        while not self.at("$END"):
+            if self.at("_NEWLINE"):
+                self.take()
+            elif self.at_keyword("model"):
+                decls.append(self.model())
+            elif self.at_keyword("def"):
+                decls.append(self.defn())
+            elif self.at_keyword("train"):
+                decls.append(self.train())
+            else:
+                raise self.unexpected()
+        return ast.File(self.src, decls)
 
-    def false(self, meta):
-        return ast.Bool(False, self.sp(meta))
+    def model(self) -> ast.Model:
+        first, name = self.take(), self.take("NAME")
+        hypers = []
+        self.take("LPAR")
+        while not self.at("RPAR"):
+            h, _ = self.take("NAME"), self.take("EQUAL")
+            default = self.expr()
+            hypers.append(ast.Hyper(h.text, default, self.span(h, default.span)))
+            if not self.at("COMMA"):
+                break
+            self.take()
+        self.take("RPAR")
+        self.take("COLON")
+        return ast.Model(name.text, hypers, self.body(), self.span(first, name))
 
-    def list(self, meta, *items):
-        return ast.List([i for i in items if i is not None], self.sp(meta))
+    def defn(self) -> ast.Def:
+        first, name = self.take(), self.take("NAME")
+        params = []
+        self.take("LPAR")
+        while not self.at("RPAR"):
+            p = self.take("NAME")
+            params.append(ast.Name(p.text, self.span(p, p)))
+            if not self.at("COMMA"):
+                break
+            self.take()
+        self.take("RPAR")
+        self.take("COLON")
+        return ast.Def(name.text, params, self.body(), self.span(first, name))
 
-    def keyword(self, meta, tok, value):
-        return ast.Keyword(str(tok), value, self.sp(meta))
+    def train(self) -> ast.Train:
+        first, name = self.take(), self.take("NAME")
+        self.take("COLON")
+        self.take("_NEWLINE")
+        self.take("_INDENT")
+        items = []
+        while not items or not self.at("_DEDENT"):
+            key, _ = self.take("NAME"), self.take("EQUAL")
+            value = self.expr()
+            self.take("_NEWLINE")
+            items.append(ast.TrainItem(key.text, value, self.span(key, value.span)))
+        self.take()
+        return ast.Train(name.text, items, self.span(first, name))
 
-    def call(self, meta, tok, *args):
-        args = [a for a in args if a is not None]
-        return ast.Call(str(tok), _span(self.src, tok), [a for a in args if not isinstance(a, ast.Keyword)],
-                        [a for a in args if isinstance(a, ast.Keyword)], self.sp(meta))
+    # -- statements -------------------------------------------------------------------------
+    def body(self) -> list[ast.Stmt]:
+        self.take("_NEWLINE")
+        self.take("_INDENT")
+        stmts = []
+        while not stmts or not self.at("_DEDENT"):
+            stmts.append(self.stmt())
+        self.take()
+        return stmts
 
-    def add(self, meta, a, b):
-        return ast.BinOp("add", a, b, self.sp(meta))
+    def stmt(self) -> ast.Stmt:
+        if self.at_keyword("input"):
+            first, name, _ = self.take(), self.take("NAME"), self.take("COLON")
+            t = self.type()
+            self.take("_NEWLINE")
+            return ast.Input(name.text, t, self.span(first, t.span))
+        if self.at_keyword("param"):
+            first, name, _ = self.take(), self.take("NAME"), self.take("COLON")
+            t = self.type()
+            self.take("EQUAL")
+            init = self.expr()
+            self.take("_NEWLINE")
+            return ast.Param(name.text, t, init, self.span(first, init.span))
+        if self.at_keyword("return"):
+            first = self.take()
+            value = self.expr()
+            self.take("_NEWLINE")
+            return ast.Return(value, self.span(first, value.span))
+        name = self.take("NAME")
+        t = None
+        if self.at("COLON"):
+            self.take()
+            t = self.type()
+        self.take("EQUAL")
+        value = self.expr()
+        self.take("_NEWLINE")
+        return ast.Assign(name.text, t, value, self.span(name, value.span))
 
-    def sub(self, meta, a, b):
-        return ast.BinOp("sub", a, b, self.sp(meta))
+    def type(self) -> ast.Type:
+        dtype, _ = self.take("NAME"), self.take("LSQB")
+        dims = []
+        if not self.at("RSQB"):
+            dims.append(self.dim())
+            while self.at("COMMA"):
+                self.take()
+                dims.append(self.dim())
+        close = self.take("RSQB")
+        return ast.Type(dtype.text, self.span(dtype, dtype), dims, self.span(dtype, close))
 
-    def mul(self, meta, a, b):
-        return ast.BinOp("mul", a, b, self.sp(meta))
+    def dim(self) -> ast.Dim:
+        if self.at("INT"):
+            tok = self.take()
+            return ast.Dim(self.int(tok), self.span(tok, tok))
+        tok = self.take("NAME")
+        return ast.Dim(tok.text, self.span(tok, tok))
 
-    def div(self, meta, a, b):
-        return ast.BinOp("div", a, b, self.sp(meta))
+    def int(self, tok: Tok) -> int:
+        if len(tok.text) > _MAX_INT_DIGITS:  # converting it would take time quadratic in its length
+            raise self.too_large(tok)
+        return int(tok.text)
 
-    def matmul(self, meta, a, b):
-        return ast.BinOp("matmul", a, b, self.sp(meta))
+    def too_large(self, tok: Tok) -> CompileError:
+        return CompileError(Diagnostic("number too large", self.span(tok, tok),
+                                       "odc's numbers are 64-bit floats, at most about 1.8e308"))
 
-    def neg(self, meta, operand):
-        return ast.Neg(operand, self.sp(meta))
+    # -- expressions ------------------------------------------------------------------------
+    # Each returns (node, height, first token, last token): the height of the node's tree (a
+    # leaf is 1), and the tokens its text starts and ends with, parentheses around it included.
+    def expr(self) -> ast.Expr:
+        return self.sum(1)[0]
 
-    # -- types and statements
-    def dim(self, meta, tok):
-        return ast.Dim(int(tok) if tok.type == "INT" else str(tok), self.sp(meta))
+    def too_deep(self, where: Span) -> CompileError:
+        return CompileError(Diagnostic(
+            f"expression nested too deeply: odc allows at most {MAX_NESTING} levels of parentheses, "
+            f"brackets, calls and operators in one expression", where,
+            "split it into several statements, binding its parts to names"))
 
-    def type(self, meta, dtype, *dims):
-        return ast.Type(str(dtype), _span(self.src, dtype), [d for d in dims if d is not None], self.sp(meta))
+    def sum(self, depth: int):
+        if depth > MAX_NESTING:
+            raise self.too_deep(self.toks[self.i].span(self.src))
+        left, height, first, last = self.product(depth)
+        while True:
+            if self.at("PLUS"):
+                op = "add"
+            elif self.at("MINUS"):
+                op = "sub"
+            else:
+                return left, height, first, last
+            self.take()
+            right, h, _, last = self.product(depth)
+            left, height = ast.BinOp(op, left, right, self.span(first, last)), max(height, h) + 1
+            if height > MAX_NESTING:
+                raise self.too_deep(left.span)
 
-    def input_stmt(self, meta, name, type):
-        return ast.Input(str(name), type, _span(self.src, meta, type.span))
+    def product(self, depth: int):
+        left, height, first, last = self.unary(depth)
+        while True:
+            if self.at("STAR"):
+                op = "mul"
+            elif self.at("SLASH"):
+                op = "div"
+            elif self.at("AT"):
+                op = "matmul"
+            else:
+                return left, height, first, last
+            self.take()
+            right, h, _, last = self.unary(depth)
+            left, height = ast.BinOp(op, left, right, self.span(first, last)), max(height, h) + 1
+            if height > MAX_NESTING:
+                raise self.too_deep(left.span)
 
-    def assign(self, meta, name, value):
-        return ast.Assign(str(name), None, value, _span(self.src, name, value.span))
+    def unary(self, depth: int):
+        if not self.at("MINUS"):
+            return self.atom(depth)
+        first = self.take()
+        if depth >= MAX_NESTING:  # the operand would nest one level more
+            raise self.too_deep(self.toks[self.i].span(self.src))
+        operand, height, _, last = self.unary(depth + 1)
+        return ast.Neg(operand, self.span(first, last)), height + 1, first, last
 
-    def annotated(self, meta, name, type, value):
-        return ast.Assign(str(name), type, value, _span(self.src, name, value.span))
+    def atom(self, depth: int):
+        if self.at_keyword("true") or self.at_keyword("false"):
+            tok = self.take()
+            return ast.Bool(tok.text == "true", self.span(tok, tok)), 1, tok, tok
+        if self.at("NAME"):
+            tok = self.take()
+            if self.at("LPAR"):
+                return self.call(tok, depth)
+            return ast.Name(tok.text, self.span(tok, tok)), 1, tok, tok
+        if self.at("INT"):
+            tok = self.take()
+            return ast.Number(self.int(tok), self.span(tok, tok)), 1, tok, tok
+        if self.at("FLOAT"):
+            tok = self.take()
+            value = float(tok.text)
+            if value == float("inf"):
+                raise self.too_large(tok)
+            return ast.Number(value, self.span(tok, tok)), 1, tok, tok
+        if self.at("STRING"):
+            tok = self.take()
+            return ast.String(tok.text[1:-1], self.span(tok, tok)), 1, tok, tok
+        if self.at("LSQB"):
+            first = self.take()
+            items, height = [], 0
+            while not self.at("RSQB"):
+                item, h, _, _ = self.sum(depth + 1)
+                items.append(item)
+                height = max(height, h)
+                if not self.at("COMMA"):
+                    break
+                self.take()
+            last = self.take("RSQB")
+            return ast.List(items, self.span(first, last)), height + 1, first, last
+        if self.at("LPAR"):
+            first = self.take()
+            inner, height, _, _ = self.sum(depth + 1)
+            return inner, height, first, self.take("RPAR")
+        raise self.unexpected()
 
-    def param_stmt(self, meta, name, type, init):
-        return ast.Param(str(name), type, init, _span(self.src, meta, init.span))
-
-    def return_stmt(self, meta, value):
-        return ast.Return(value, _span(self.src, meta, value.span))
-
-    def body(self, meta, *stmts):
-        return list(stmts)
-
-    # -- declarations
-    def hyper(self, meta, name, default):
-        return ast.Hyper(str(name), default, _span(self.src, name, default.span))
-
-    def model(self, meta, name, *rest):
-        *hypers, body = rest
-        return ast.Model(str(name), [h for h in hypers if h is not None], body, _span(self.src, meta, name))
-
-    def defn(self, meta, name, *rest):
-        *params, body = rest
-        return ast.Def(str(name), [ast.Name(str(p), _span(self.src, p)) for p in params if p is not None],
-                       body, _span(self.src, meta, name))
-
-    def train_item(self, meta, key, value):
-        return ast.TrainItem(str(key), value, _span(self.src, key, value.span))
-
-    def train(self, meta, name, *items):
-        return ast.Train(str(name), list(items), _span(self.src, meta, name))
-
-    def start(self, meta, *decls):
-        return ast.File(self.src, list(decls))
-
+    def call(self, name: Tok, depth: int):
+        self.take()
+        args, kwargs, height = [], [], 0
+        while not self.at("RPAR"):
+            tok = self.toks[self.i]
+            if tok.kind == "NAME" and self.toks[self.i + 1].kind == "EQUAL" and tok.text not in ("true", "false"):
+                self.take(), self.take()
+                value, h, _, last = self.sum(depth + 1)
+                kwargs.append(ast.Keyword(tok.text, value, self.span(tok, last)))
+            else:
+                value, h, _, _ = self.sum(depth + 1)
+                args.append(value)
+            height = max(height, h)
+            if not self.at("COMMA"):
+                break
+            self.take()
+        last = self.take("RPAR")
+        node = ast.Call(name.text, self.span(name, name), args, kwargs, self.span(name, last))
+        return node, height + 1, name, last

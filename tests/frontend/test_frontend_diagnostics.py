@@ -156,8 +156,6 @@ def test_annotation_mismatch_is_checked_not_cast():
     assert (d.span.line, d.span.col) == where(src, 3, "f32")
     assert d.message == "annotation f32[N, 1, 14, 15] does not match the value's type f32[N, 1, 14, 14]"
     assert d.hint == "dimension 3 is 14, not 15; an annotation checks the type, it does not convert"
-    src = program("x: f64[N, 784] = flatten(image)", "return dense(x, classes)")
-    assert single(src).hint.startswith("the element type is f32")
 
 
 def test_symbol_bound_to_two_sizes():
@@ -229,7 +227,7 @@ def test_syntax_error_lists_the_expected_tokens():
     ("x = dense(flatten(image) 3)", 3, "3)", "unexpected number '3'; expected an operator, ')' or ','"),
     ("x: f32[N 3] = image", 3, "3]", "unexpected number '3'; expected ']' or ','"),
     ("x = 1 $ 2", 3, "$", "unexpected character '$'"),
-    ("return image)", 3, ")", "unexpected ')'; expected end of line"),
+    ("return image)", 3, ")", "unexpected ')'; expected an operator, '(' or end of line"),
     ('x = "abc', 3, '"', "unterminated string"),
 ])
 def test_syntax_errors(body, line, needle, message):
@@ -315,8 +313,8 @@ def test_errors_in_several_models_and_train_blocks_come_in_source_order():
     (program("param b: f32[10] = zeroes", "return b"), 3, "zeroes", "unknown initialiser 'zeroes'"),
     (program("param b: f32[N] = zeros", "return b"), 3, "N]", "parameter sizes must be known at compile time; "
                                                              "N is given only at run time"),
-    (program("param b: i32[3] = zeros", "return b"), 3, "i32", "a parameter is trained, so it must be "
-                                                              "floating-point, got i32[3]"),
+    (program("param b: i32[3] = zeros", "return b"), 3, "i32", "element type i32 is not supported yet: odc "
+                                                              "computes in f32"),
     (program("return flatten(sum(image, [1, 2, 3]))"), 3, "flatten", "flatten expects at least a 2-D input, "
                                                                      "got f32[N]"),
     (program("return softmax(image, axis=4)"), 3, "4)", "softmax: axis 4 is out of range for a 4-D tensor"),
@@ -399,13 +397,6 @@ def test_the_output_must_be_logits_batch_by_classes(body, message):
     assert d.hint == "end with a layer that makes the logits, e.g. dense(flatten(x), classes)"
 
 
-def test_integer_logits_are_an_error():
-    src = "model M():\n    input image: i32[N, 3]\n    return image + 1\n"
-    d = single(src)
-    assert (d.span.line, d.span.col) == where(src, 3, "image +")
-    assert d.message == "M returns i32[N, 3], but a model returns floating-point logits [N, classes]"
-
-
 def test_the_number_of_classes_must_be_known():
     src = "model K():\n    input image: f32[N, M]\n    return reshape(image, [N, M])\n"
     d = single(src)
@@ -436,13 +427,13 @@ def test_the_names_of_the_training_inputs_are_reserved(stmt, needle):
 @pytest.mark.parametrize("body, line, needle, message", [
     (["return dense(flatten(image), 99999999999999999999999)"], 3, "dense",
      "param dense1.weight f32[99999999999999999999999, 784] would have 78,399,999,999,999,999,999,999,216 "
-     "elements; odc allows at most 2,147,483,648"),
-    (["param w: f32[65536, 32769] = zeros", "param ok: f32[65536, 32768] = zeros",
+     "elements; odc allows at most 268,435,456"),
+    (["param w: f32[16384, 16385] = zeros", "param ok: f32[16384, 16384] = zeros",
       "return dense(flatten(image), classes)"], 3, "param",
-     "param w f32[65536, 32769] would have 2,147,549,184 elements; odc allows at most 2,147,483,648"),
+     "param w f32[16384, 16385] would have 268,451,840 elements; odc allows at most 268,435,456"),
     (["x = conv2d(image, out=1, kernel=1, pad=30000)", "return dense(flatten(x), classes)"], 3, "conv2d",
      "the result of conv2d, f32[N, 1, 60028, 60028] would have 3,603,360,784 elements per batch item; odc "
-     "allows at most 2,147,483,648"),
+     "allows at most 4,194,304 per batch item"),
 ])
 def test_tensor_sizes_are_bounded(body, line, needle, message):
     src = program(*body)
@@ -513,13 +504,6 @@ def test_adam_with_beta1_zero_is_legal():
     src = program("return dense(flatten(image), classes)", train="mnist()") + "    optimizer = adam(0.1, beta1=0)\n"
     r = parse_source(src).recipes["M"]
     assert (r.optimizer, r.optimizer_args["beta1"], r.optimizer_args["beta2"]) == ("adam", 0.0, 0.999)
-
-
-def test_matmul_of_different_element_types():
-    src = "model M():\n    input image: f64[N, 4]\n    param w: f32[4, 3] = xavier\n    return image @ w\n"
-    d = single(src)
-    assert (d.span.line, d.span.col) == where(src, 4, "image @")
-    assert d.message == "matmul of different element types: f64[N, 4] @ f32[4, 3]"
 
 
 def test_a_file_with_a_byte_order_mark(tmp_path):

@@ -202,7 +202,7 @@ def test_explicit_parameters_keep_their_names_and_initialisers():
 model M(std = 0.02):
     input x: f32[N, 4]
     param a: f32[4] = zeros
-    param b: f64[4] = ones
+    param b: f32[4] = ones
     param c: f32[4] = normal(std)
     param d: f32[4] = uniform(-0.5, 1)
     param e: f32[3, 4] = kaiming
@@ -211,7 +211,7 @@ model M(std = 0.02):
 """
     g = parse_source(src).models["M"]
     assert [(p.name, str(p.type), p.attrs) for p in g.params()] == [
-        ("a", "f32[4]", {"init": "zeros"}), ("b", "f64[4]", {"init": "ones"}),
+        ("a", "f32[4]", {"init": "zeros"}), ("b", "f32[4]", {"init": "ones"}),
         ("c", "f32[4]", {"init": "normal", "std": 0.02}), ("d", "f32[4]", {"init": "uniform", "lo": -0.5, "hi": 1.0}),
         ("e", "f32[3, 4]", {"init": "kaiming"}), ("f", "f32[4, 3]", {"init": "xavier"})]
 

@@ -15,19 +15,24 @@ byte offset in an arena that the executable allocates once.
    it overlaps no already placed block that is live at the same time (greedy by size, as in
    TFLite's arena planner).
 
-The result is an annotation: ``arena=OFFSET`` on every value kept in the arena, and
+The arena may hold at most `MAX_ARENA_BYTES`; a plan that needs more is a `CompileError` at the
+line that computes its largest value. The result is an annotation: ``arena=OFFSET`` on every value kept in the arena, and
 ``graph.meta["arena_bytes"]``. `storage` tells code generation where any value lives. A graph
 with symbolic sizes is returned unannotated: placing values needs their sizes, so code
 generation plans each specialised graph.
 """
 from __future__ import annotations
 
+from odc.errors import CompileError, Diagnostic
 from odc.ir.graph import ARG_OPS, Graph
 from odc.ir.passes.fuse import ALIASES, base_of, groups, inlined_const, is_elementwise
 
 name = "plan-memory"
 
 ALIGN = 64
+MAX_ARENA_BYTES = 2 ** 35
+"""The most memory one compiled graph may need for its intermediate values (32 GiB): VGG-11's
+training step on 224x224 images at batch 256 needs 9.6 GB; LeNet-5's at batch 1,000,000, 42 GB."""
 ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "u8": 1}
 
 
@@ -122,9 +127,17 @@ def run(g: Graph) -> Graph:
             off = max(off, o + s)
         placed.append((off, size[b], b))
         offset_of[b] = off
+    total = max((o + s for o, s, _ in placed), default=0)
+    if total > MAX_ARENA_BYTES:
+        largest = max(size, key=lambda b: (size[b], g.node(b).span is not None, -b))
+        raise CompileError(Diagnostic(
+            f"{g.name} would need {total / 1e9:.1f} GB of memory for its intermediate values; "
+            f"odc allows at most {MAX_ARENA_BYTES / 1e9:.1f} GB (the largest, {g.type(largest)} of "
+            f"{size[largest] / 1e9:.1f} GB, is computed here)", g.node(largest).span,
+            "train with a smaller batch, or use fewer channels or smaller images"))
     for v, b in block.items():
         g.node(v).attrs["arena"] = offset_of[b]
-    g.meta["arena_bytes"] = max((o + s for o, s, _ in placed), default=0)
+    g.meta["arena_bytes"] = total
     return g
 
 
