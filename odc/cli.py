@@ -192,7 +192,8 @@ def _register_bench(sub):
     p.add_argument("--batch", metavar="N", nargs="+", default=[32, 256], type=_count("batch", "a batch size"),
                    help="batch sizes (default 32 256)")
     p.add_argument("--threads", metavar="N", type=_number(int, lambda n: n >= 1, "a thread count >= 1"),
-                   help="threads per kernel (default: $ODC_NUM_THREADS, else every CPU this process may use)")
+                   help="threads per kernel (default: $ODC_NUM_THREADS, else every CPU this process may "
+                        "use, or one while other processes keep the cores busy)")
     p.add_argument("--reps", metavar="N", type=_number(int, lambda n: n >= 1, "a count >= 1"), default=20,
                    help="timed calls per measurement (default 20)")
     p.add_argument("--profile", action="store_true",
@@ -203,13 +204,16 @@ def _register_bench(sub):
 def _bench(a):
     from statistics import median
 
-    from odc.codegen import bench, jit, num_threads
+    from odc.codegen import bench, jit, num_threads, threads as choice
     from odc.codegen.builder import VW
     if a.threads:
         os.environ["ODC_NUM_THREADS"] = str(a.threads)
     prog = odc.load(a.file, model=a.model)
     threads = num_threads()
-    print(f"{prog.name} ({a.file}): {threads} thread{'s' * (threads > 1)}, {jit.target()[0]} "
+    count = f"{threads} thread{'s' * (threads > 1)}"
+    if choice.fixed() is None and threads > 1:  # the default: see odc.codegen.threads
+        count = f"up to {count}, chosen call by call (1 while other processes keep the cores busy)"
+    print(f"{prog.name} ({a.file}): {count}, {jit.target()[0]} "
           f"({VW * 32}-bit vectors), median of {a.reps} calls")
     head = f"{'batch':>5}  {'compile cold':>12}  {'cached':>8}  {'train step':>22}  {'inference':>22}"
     print(head + "\n" + "-" * len(head))
