@@ -10,6 +10,12 @@ size, and run. An executor is any function from a graph with concrete shapes to 
 argument arrays (by name) to output arrays (by name): compiled machine code by default
 (`odc.codegen.compile_graph`), or the numpy reference interpreter (`odc.runtime.interp.compile_graph`).
 
+A training graph (train, grads) is refused for a batch in which a batch norm sees one value per
+channel (N·H·W = 1): its batch variance would divide by n − 1 = 0 and leave NaN in the running
+variance, so PyTorch refuses it too (`Model.one_value_per_channel` says whether a batch does).
+A model made with `compile(log=f)` calls `f(line)` before and after each compilation (what is
+compiled for which batch, and how long it took); by default it is quiet.
+
 Parameters are drawn from their `init` attributes with the recipe's seed (PyTorch's default
 initialisation, which the front end writes as `uniform` bounds for the layers' parameters).
 Dropout masks are drawn from the same seeded generator at each training call (`train_step`,
@@ -18,15 +24,16 @@ bug shows as an `IRVerificationError`, not as a wrong result.
 """
 from __future__ import annotations
 
+import time
 from math import prod, sqrt
 from typing import Callable
 
 import numpy as np
 
-from odc.errors import OdcError, SourceFile
+from odc.errors import CompileError, Diagnostic, OdcError, SourceFile
 from odc.ir import ops
 from odc.ir.graph import Graph, Node
-from odc.ir.passes import PIPELINE
+from odc.ir.passes import PIPELINE, shape_infer
 from odc.ir.verify import verify
 from odc.runtime import interp
 
@@ -34,6 +41,8 @@ from odc.runtime import interp
 KINDS = {"forward": ("autodiff", "optimizer"), "grads": ("inference", "optimizer"),
          "train": ("inference",)}
 Executor = Callable[[Graph], Callable[[dict], dict]]
+WHAT = {"forward": "forward pass", "grads": "loss and gradients", "train": "train step"}  # for messages
+NORMS = ("batchnorm2d",)  # ops that normalise each channel (axis 1) over all the other axes
 
 
 def load(path, model: str | None = None) -> "Program":
@@ -97,13 +106,15 @@ class Program:
             return "".join(f"// after {n}\n{show(stages[n])}" for n in names)
         return show(stages[after or names[-1]])
 
-    def compile(self, executor: Executor | None = None, seed: int | None = None) -> "Model":
+    def compile(self, executor: Executor | None = None, seed: int | None = None,
+                log: Callable[[str], None] | None = None) -> "Model":
         """A model whose graphs run through `executor`: compiled machine code by default
-        (`odc.codegen.compile_graph`), or the numpy interpreter (`odc.runtime.interp.compile_graph`)."""
+        (`odc.codegen.compile_graph`), or the numpy interpreter (`odc.runtime.interp.compile_graph`).
+        `log`, if given, is called with a line before and after each compilation."""
         if executor is None:
             from odc.codegen import compile_graph as executor
         return Model(self, executor,
-                     self.recipe.get("seed", 0) if seed is None else seed)
+                     self.recipe.get("seed", 0) if seed is None else seed, log)
 
 
 def init_param(p: Node, rng: np.random.Generator) -> np.ndarray:
@@ -143,9 +154,11 @@ def dropout_masks(g: Graph, sizes: dict[str, int], rng: np.random.Generator) -> 
 
 
 class Model:
-    def __init__(self, program: Program, executor: Executor, seed: int):
+    def __init__(self, program: Program, executor: Executor, seed: int,
+                 log: Callable[[str], None] | None = None):
         self.program = program
         self._executor = executor
+        self.log = log  # called with a line before and after each compilation; None: quiet
         self._graphs: dict[tuple, Graph] = {}
         self._compiled: dict[tuple, Callable] = {}
         self.rng = np.random.default_rng(seed)
@@ -172,6 +185,15 @@ class Model:
             for k in arrays:  # outputs are fresh arrays: take them instead of copying
                 arrays[k] = out[f"new.{k}"]
         return float(out["loss"])
+
+    def one_value_per_channel(self, batch: int) -> Node | None:
+        """The first batch norm that would see one value per channel (N·H·W = 1) in a training
+        batch of `batch` examples, or None. Such a batch cannot be trained on (see the module)."""
+        g = shape_infer.run(self.program.graph, self.program.batch_bindings(batch))
+        for n in (g.node(i) for i in g.order()):
+            if n.op in NORMS and n.type.numel == n.type.shape[1]:  # a norm's type is its input's
+                return n
+        return None
 
     def save(self, path) -> None:
         from odc.runtime.checkpoint import Checkpoint, save
@@ -207,11 +229,28 @@ class Model:
         if not feeds[image.name].size:
             raise OdcError(f"input '{image.name}' got an empty batch (an array of shape "
                            f"{list(feeds[image.name].shape)}); a batch holds at least one image")
-        feeds.update(dropout_masks(g, bindings, self.rng))
         key = (kind, target, tuple(sorted(bindings.items())))
         if key not in self._compiled:
+            batch = len(feeds[image.name])
+            if kind != "forward":
+                self._refuse_one_value_per_channel(batch)
+            what = f"{self.program.name} {WHAT[kind]} for batch {batch}"
+            if self.log:
+                self.log(f"compiling {what} ...")
+            t0 = time.perf_counter()
             self._compiled[key] = self._executor(self.program.lower(kind, bindings, **self._options(target)))
+            if self.log:
+                self.log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
+        feeds.update(dropout_masks(g, bindings, self.rng))
         return self._compiled[key]({**feeds, **self.params, **self.state})
+
+    def _refuse_one_value_per_channel(self, batch: int) -> None:
+        bn = self.one_value_per_channel(batch)
+        if bn is not None:
+            raise CompileError(Diagnostic(
+                f"{bn.op} sees one value per channel (its input is {bn.type}) in a training batch of "
+                f"{batch}: the batch variance is undefined", bn.span,
+                "train with batches of 2 or more (PyTorch refuses this case too)"))
 
     def _targets(self, g: Graph, y) -> dict[str, np.ndarray]:
         y = np.asarray(y)
