@@ -7,14 +7,35 @@ trained (JSON, flags applied), the class names, the number of finished epochs, t
 training loop's shuffling RNG and of the model's dropout RNG, and the per-epoch metrics so far
 (JSON). A checkpoint therefore rebuilds its model without the original `.od` file.
 
-Writes are atomic: the bytes go to a temporary file in the same folder, which is flushed to disk
-(fsync) and then renamed over the old file (`os.replace`), so a run killed at any moment leaves
-either the previous checkpoint or the new one, never a torn file.
+Integrity: the metadata entry ``sha256`` holds the SHA-256 of each tensor's bytes and of the
+rest of the metadata (as sorted JSON). `read` recomputes them, so a flipped byte anywhere in the
+file is an error naming the tensor (or the metadata), never a silently different model. `read`
+then checks the metadata against the schema the training loop writes (`_check_metadata`) and
+refuses tensors holding NaN or infinity; `restore` refuses a tensor whose dtype or shape the
+model does not declare, and a class list that does not match the model's outputs. Checkpoints
+of the first format (``odc-checkpoint/1``, written before checksums) are still read, with every
+check but the checksums; odc writes only the current format.
+
+JSON in the metadata (and in `metrics.jsonl`) is strict (`json_text`): a number that is not
+finite would be written as null, but none is: the training loop stops before recording one, and
+`save` refuses parameters or state holding NaN or infinity, so a diverged run never replaces a
+good checkpoint.
+
+Writes are atomic (`write_atomic`): the bytes go to a temporary file in the same folder, which is
+flushed to disk (fsync), read back and checked (a checkpoint with `read`), and then renamed over
+the old file (`os.replace`), so a run killed at any moment, or a disk that fills up, leaves either
+the previous file or the new one, never a torn file. A write that fails is an `OdcError` naming
+the file, and leaves no temporary file behind.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +46,10 @@ import safetensors.numpy
 import odc
 from odc.errors import OdcError
 
-FORMAT = "odc-checkpoint/1"
+FORMAT = "odc-checkpoint/2"
+OLD_FORMATS = ("odc-checkpoint/1",)  # without checksums; still read
 FILENAME = "checkpoint.safetensors"
+DAMAGED = "hint: the file is damaged or was not written by odc; use another checkpoint, or train again"
 
 
 @dataclass
@@ -42,37 +65,100 @@ class Checkpoint:
     rng: dict = field(default_factory=dict)  # numpy bit-generator states: "shuffle", "model" (dropout)
     history: list[dict] = field(default_factory=list)  # metrics.jsonl records, one per finished epoch
     data: dict = field(default_factory=dict)  # the data set trained on: name, source, dir (the --data given)
+    path: str = ""                 # the file it was read from (for messages; not saved)
 
 
-def write_atomic(path, data: bytes) -> None:
+def json_text(value) -> str:
+    """`value` as strict JSON (no NaN or Infinity, which strict JSON lacks): a float that is not
+    finite becomes null."""
+    def strict(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: strict(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [strict(x) for x in v]
+        return v
+    return json.dumps(strict(value), allow_nan=False)
+
+
+def _write_hint(e: OSError, folder: Path) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some disk space where {folder} is, or choose another folder"
+    if e.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system; choose another folder"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"check that you may write to {folder}, or choose another folder"
+    if e.errno == errno.ENOENT:
+        return f"check that the folder {folder} exists"
+    return f"check that {folder} is writable, or choose another folder"
+
+
+def write_atomic(path, data: bytes, what: str = "the file", verify=None) -> None:
     """Replace `path` by `data` so that a crash leaves either the old file or the new one. One
-    writer per file: the temporary file has a fixed name beside it, `.<name>.tmp`."""
+    writer per file: the temporary file has a fixed name beside it, `.<name>.tmp`. `verify(tmp)`,
+    if given, checks the written file before it replaces the old one (and raises if it is bad).
+    An OSError (a full disk, a read-only folder...) becomes an OdcError that names `path` and
+    `what` it is; the temporary file is removed whatever went wrong."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
     try:
-        os.fsync(dir_fd)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if verify is not None:
+            verify(tmp)
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise OdcError(f"{path}: error: cannot write {what}: {e.strerror or e}\n"
+                       f"hint: {_write_hint(e, path.parent)}") from None
     finally:
-        os.close(dir_fd)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def nonfinite(params: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> str | None:
+    """The first parameter or optimizer state holding NaN or infinity, in words with how many such
+    values ("parameter w (3 of 10 values NaN or infinite)"); None when every value is finite."""
+    for what, tensors in (("parameter", params), ("optimizer state", state)):
+        for name, a in tensors.items():
+            bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+            if bad:
+                return f"{what} {name} ({bad:,} of {a.size:,} values NaN or infinite)"
+    return None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _metadata_digest(meta: dict[str, str]) -> str:
+    return _sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
 
 
 def save(path, ckpt: Checkpoint) -> None:
+    """Write `ckpt` to `path` atomically, with checksums; the file is read back and checked before it
+    replaces an older one. Refuses parameters or state holding NaN or infinity."""
+    bad = nonfinite(ckpt.params, ckpt.state)
+    if bad:
+        raise OdcError(f"{path}: error: refusing to write a checkpoint whose {bad}\n"
+                       f"hint: the training diverged; lower the learning rate (--lr)")
     tensors = {f"param.{k}": np.asarray(v, order="C") for k, v in ckpt.params.items()}
     tensors.update({f"state.{k}": np.asarray(v, order="C") for k, v in ckpt.state.items()})
     meta = {"format": FORMAT, "odc_version": odc.__version__, "model": ckpt.model, "source": ckpt.source,
-            "source_path": ckpt.source_path, "recipe": json.dumps(ckpt.recipe),
-            "classes": json.dumps(ckpt.classes), "epoch": str(ckpt.epoch), "rng": json.dumps(ckpt.rng),
-            "history": json.dumps(ckpt.history), "param_order": json.dumps(list(ckpt.params)),
-            "state_order": json.dumps(list(ckpt.state)), "data": json.dumps(ckpt.data)}
-    try:
-        write_atomic(path, safetensors.numpy.save(tensors, metadata=meta))
-    except OSError as e:
-        raise OdcError(f"{path}: error: cannot write the checkpoint: {e.strerror}") from None
+            "source_path": ckpt.source_path, "recipe": json_text(ckpt.recipe),
+            "classes": json_text(ckpt.classes), "epoch": str(ckpt.epoch), "rng": json_text(ckpt.rng),
+            "history": json_text(ckpt.history), "param_order": json_text(list(ckpt.params)),
+            "state_order": json_text(list(ckpt.state)), "data": json_text(ckpt.data)}
+    digests = {k: _sha256(v.tobytes()) for k, v in tensors.items()}
+    meta["sha256"] = json.dumps({"metadata": _metadata_digest(meta), **digests})
+    write_atomic(path, safetensors.numpy.save(tensors, metadata=meta), "the checkpoint", verify=read)
 
 
 def resolve(path) -> Path:
@@ -87,53 +173,195 @@ def resolve(path) -> Path:
 
 
 def read(path) -> Checkpoint:
+    """The checkpoint in `path` (a file or a run folder), checked: checksums, metadata, finite tensors.
+    Every problem is an OdcError naming the file and the field or tensor."""
     p = resolve(path)
     try:
         with safetensors.safe_open(str(p), framework="numpy") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
+            if meta.get("format") not in (FORMAT, *OLD_FORMATS):
                 raise OdcError(f"{p}: error: not an odc checkpoint (a safetensors file without "
                                f"format={FORMAT!r} in its metadata)")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        params = {k: tensors[f"param.{k}"] for k in json.loads(meta["param_order"])}
-        state = {k: tensors[f"state.{k}"] for k in json.loads(meta["state_order"])}
-        return Checkpoint(meta["model"], meta["source"], meta["source_path"], params, state,
-                          json.loads(meta["recipe"]), json.loads(meta["classes"]), int(meta["epoch"]),
-                          json.loads(meta["rng"]), json.loads(meta["history"]), json.loads(meta.get("data", "{}")))
     except OdcError:
         raise
     except Exception as e:  # safetensors reports a damaged file with several exception types
-        raise OdcError(f"{p}: error: cannot read the checkpoint: {e}") from None
+        raise OdcError(f"{p}: error: cannot read the checkpoint: {e}\n{DAMAGED}") from None
+    if meta["format"] == FORMAT:
+        _check_digests(p, meta, tensors)
+    ckpt = _check_metadata(p, meta, tensors)
+    bad = nonfinite(ckpt.params, ckpt.state)
+    if bad:
+        raise OdcError(f"{p}: error: the checkpoint's {bad}\n"
+                       f"hint: its run diverged; train again with a lower learning rate (--lr)")
+    return ckpt
 
 
-def compile_model(prog, recipe: dict):
-    """Compile `prog` for training with `recipe` (the recipe as run: flags applied)."""
+def _check_digests(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> None:
+    try:
+        digests = json.loads(meta["sha256"])
+        if not (isinstance(digests, dict) and all(isinstance(v, str) for v in digests.values())):
+            raise ValueError
+    except (KeyError, ValueError):
+        raise OdcError(f"{p}: error: the checkpoint's checksums (metadata 'sha256') are missing or "
+                       f"damaged\n{DAMAGED}") from None
+    if digests.get("metadata") != _metadata_digest(meta):
+        raise OdcError(f"{p}: error: the checkpoint's metadata is damaged: its SHA-256 differs from the "
+                       f"one saved with it\n{DAMAGED}")
+    for key in sorted(set(tensors) | set(digests) - {"metadata"}):
+        if key not in tensors or key not in digests:
+            raise OdcError(f"{p}: error: tensor {key} has no {'data' if key not in tensors else 'checksum'}"
+                           f"\n{DAMAGED}")
+        if _sha256(tensors[key].tobytes()) != digests[key]:
+            raise OdcError(f"{p}: error: tensor {key} is damaged: its SHA-256 differs from the one saved "
+                           f"with it\n{DAMAGED}")
+
+
+class _Bad(Exception):
+    """A metadata field that does not fit the schema: (field, what it must be)."""
+
+
+def _need(ok, name: str, must: str) -> None:
+    if not ok:
+        raise _Bad(name, must)
+
+
+def _is_int(v, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_metric(v) -> bool:  # a number, or null for one that was not finite
+    return v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _names(v, name: str) -> list[str]:
+    _need(isinstance(v, list) and all(isinstance(s, str) for s in v) and len(set(v)) == len(v),
+          name, "a list of distinct names")
+    return v
+
+
+def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> Checkpoint:
+    """The Checkpoint that `meta` and `tensors` describe, each field checked against the schema the
+    training loop writes: an OdcError naming the file and the first field that does not fit."""
+    from odc.ir.passes.autodiff import LOSSES
+    from odc.ir.passes.optimizer import hyper_parameters
+
+    def entry(key: str, kind=None):  # a metadata entry, decoded from JSON unless kind is str
+        _need(key in meta, key, "present")
+        if kind is str:
+            return meta[key]
+        try:
+            value = json.loads(meta[key])
+        except ValueError:
+            raise _Bad(key, "valid JSON") from None
+        _need(isinstance(value, kind), key, f"a JSON {'object' if kind is dict else 'array'}")
+        return value
+
+    try:
+        model, source, source_path = (entry(k, str) for k in ("model", "source", "source_path"))
+        _need(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model), "model", "a model name")
+        recipe = entry("recipe", dict)
+        for key in ("data", "loss", "optimizer", "epochs", "batch", "seed"):
+            _need(key in recipe, f"recipe.{key}", "present")
+        data = recipe["data"]
+        _need(data is None or isinstance(data, list) and data and all(isinstance(s, str) for s in data),
+              "recipe.data", 'null or a data set as a list of strings, e.g. ["emnist", "balanced"]')
+        _need(recipe["loss"] in LOSSES, "recipe.loss", f"one of {', '.join(LOSSES)}")
+        _need(isinstance(recipe["optimizer"], dict), "recipe.optimizer", "a JSON object")
+        try:
+            hyper_parameters(recipe["optimizer"])
+        except OdcError as e:
+            raise _Bad("recipe.optimizer", f"a valid optimizer ({e})") from None
+        for key, lo in (("epochs", 1), ("batch", 1), ("seed", 0)):
+            _need(_is_int(recipe[key], lo), f"recipe.{key}", f"an integer >= {lo}")
+        classes = _names(entry("classes", list), "classes")
+        epoch = entry("epoch", str)
+        _need(re.fullmatch(r"[0-9]{1,9}", epoch), "epoch", "a number of epochs >= 0")
+        epoch = int(epoch)
+        rng = entry("rng", dict)
+        for key, state in rng.items():
+            _need(key in ("shuffle", "model"), f"rng.{key}", "absent (the RNGs are shuffle and model)")
+            try:
+                np.random.default_rng().bit_generator.state = state
+            except Exception:  # numpy's setter reports a bad state with several exception types
+                raise _Bad(f"rng.{key}", "a numpy PCG64 bit-generator state") from None
+        history = entry("history", list)
+        _need(len(history) == epoch, "history", f"a list of one record per finished epoch ({epoch})")
+        for i, record in enumerate(history):
+            at = f"history[{i}]"
+            _need(isinstance(record, dict), at, "a JSON object")
+            _need(record.get("epoch") == i + 1 and _is_int(record["epoch"]), f"{at}.epoch", f"{i + 1}")
+            for key in ("train_loss", "test_loss", "test_accuracy"):
+                _need(key in record, f"{at}.{key}", "present")
+            for key, v in record.items():
+                _need(key == "epoch" or _is_metric(v), f"{at}.{key}", "a finite number or null")
+        run_data = entry("data", dict) if "data" in meta else {}
+        if run_data:
+            for key in ("name", "source"):
+                _need(isinstance(run_data.get(key), str), f"data.{key}", "a string")
+            _need(isinstance(run_data.get("dir"), (str, type(None))), "data.dir", "a string or null")
+        order = {}
+        for what in ("param", "state"):
+            order[what] = _names(entry(f"{what}_order", list), f"{what}_order")
+            stored = sorted(k[len(what) + 1:] for k in tensors if k.startswith(f"{what}."))
+            _need(sorted(order[what]) == stored, f"{what}_order",
+                  f"the names of the stored {what}.* tensors: {', '.join(stored) or 'none'}")
+        for k in tensors:
+            _need(k.startswith(("param.", "state.")), "tensors", f"named param.* or state.*, not {k}")
+    except _Bad as bad:
+        name, must = bad.args
+        raise OdcError(f"{p}: error: the checkpoint's metadata field '{name}' must be {must}\n"
+                       f"{DAMAGED}") from None
+    return Checkpoint(model, source, source_path, {k: tensors[f"param.{k}"] for k in order["param"]},
+                      {k: tensors[f"state.{k}"] for k in order["state"]}, recipe, classes, epoch, rng,
+                      history, run_data, str(p))
+
+
+def compile_model(prog, recipe: dict, log=None):
+    """Compile `prog` for training with `recipe` (the recipe as run: flags applied); `log` reports
+    each compilation (see `odc.Program.compile`)."""
     prog.recipe = recipe
-    return prog.compile()
+    return prog.compile(log=log)
 
 
 def restore(model, ckpt: Checkpoint) -> None:
-    """Copy a checkpoint's parameters and optimizer state into a compiled model, in place."""
-    for what, have, saved in (("parameter", model.params, ckpt.params),
-                              ("optimizer state", model.state, ckpt.state)):
+    """Copy a checkpoint's parameters and optimizer state into a compiled model, in place. Each
+    tensor must have the dtype and shape the model declares."""
+    where = f"{ckpt.path}: error: " if ckpt.path else ""
+    pairs = (("parameter", model.params, ckpt.params), ("optimizer state", model.state, ckpt.state))
+    for what, have, saved in pairs:
         if list(have) != list(saved):
-            raise OdcError(f"the checkpoint's {what} names ({', '.join(saved) or 'none'}) differ from "
+            raise OdcError(f"{where}the checkpoint's {what} names ({', '.join(saved) or 'none'}) differ from "
                            f"the model's ({', '.join(have) or 'none'})")
         for name, value in saved.items():
-            if have[name].shape != value.shape:
-                raise OdcError(f"{what} {name} is {list(value.shape)} in the checkpoint but "
-                               f"{list(have[name].shape)} in the model")
+            for prop, show in (("shape", list), ("dtype", str)):
+                a, b = getattr(value, prop), getattr(have[name], prop)
+                if a != b:
+                    raise OdcError(f"{where}{what} {name} is {show(a)} in the checkpoint but {show(b)} "
+                                   f"in the model")
+    g = model.program.graph
+    outputs = g.type(g.output("logits")).shape[-1]
+    if ckpt.classes and len(ckpt.classes) != outputs:
+        raise OdcError(f"{where}the checkpoint names {len(ckpt.classes)} classes but its model has "
+                       f"{outputs} outputs\n{DAMAGED}")
+    for _, have, saved in pairs:  # copied only once all is checked: a refused checkpoint changes nothing
+        for name, value in saved.items():
             have[name][...] = value
     if "model" in ckpt.rng:
         model.rng.bit_generator.state = ckpt.rng["model"]
 
 
-def build(ckpt: Checkpoint):
+def build(ckpt: Checkpoint, log=None):
     """The model a checkpoint holds: its source compiled with its recipe, then restored."""
     from odc.frontend import parse_source
     from odc.program import Program
-    module = parse_source(ckpt.source, ckpt.source_path)
-    model = compile_model(Program(module.lower(ckpt.model), module.source), ckpt.recipe)
+    try:
+        module = parse_source(ckpt.source, ckpt.source_path)
+        prog = Program(module.lower(ckpt.model), module.source)
+    except OdcError as e:
+        raise OdcError(f"{ckpt.path or 'checkpoint'}: error: the model source it holds does not compile:"
+                       f"\n{e}") from None
+    model = compile_model(prog, ckpt.recipe, log)
     restore(model, ckpt)
     return model
 
