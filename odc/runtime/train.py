@@ -4,10 +4,19 @@ One epoch: shuffle the training images with the run's RNG (seeded from the recip
 state is saved with every checkpoint, as is the model's own RNG for dropout, so a resumed run
 draws the same numbers as an uninterrupted one), cut the permutation into mini-batches of the
 recipe's size (the last one holds the remainder: every image is used once per epoch), and call
-`model.train_step` on each. Then evaluate on the test part (top-1 accuracy and the recipe's
-loss), write the checkpoint atomically, then `metrics.jsonl` (rewritten from the checkpoint's
-history, so the two always agree after a resume) and `curves.png`. After the last epoch:
-per-class accuracy and the pairs of classes the model confuses most.
+`model.train_step` on each. The one exception: a last batch in which a batch norm would see one
+value per channel (a single image, after the spatial size has shrunk to 1x1) cannot be trained
+on (see `odc.program`); it is left out of every epoch, with a note. Then check that every
+parameter and state value is finite and evaluate on the test part (top-1 accuracy and the
+recipe's loss): a run that diverged stops there with an OdcError (exit 1), keeping the last good
+checkpoint. Otherwise write the checkpoint atomically, then `metrics.jsonl` (rewritten from the
+checkpoint's history, so the two always agree after a resume; strict JSON, see
+`checkpoint.json_text`) and `curves.png`; a write that fails (a full disk...) is an OdcError
+naming the file. After the last epoch: per-class accuracy and the pairs of classes the model
+confuses most.
+
+Messages: `log` (stdout by default) gets the run's lines; notes and compile events (what is
+compiled for which batch, and how long it took) go to stderr, on a terminal or not.
 
 Images go to the model as float32 `[B, 1, H, W]` scaled to [0, 1], labels as int64.
 """
@@ -86,11 +95,13 @@ def class_report(ev: Evaluation, classes: list[str], columns: int = 4, pairs: in
 # ---------------------------------------------------------------------------- metrics files
 
 def write_metrics(out: Path, history: list[dict]) -> None:
-    checkpoint.write_atomic(out / METRICS, "".join(json.dumps(r) + "\n" for r in history).encode())
+    """One JSON object per line and epoch; strict JSON: a number that is not finite is null."""
+    text = "".join(checkpoint.json_text(r) + "\n" for r in history)
+    checkpoint.write_atomic(out / METRICS, text.encode(), "the metrics")
 
 
 def plot(out: Path, history: list[dict], title: str) -> None:
-    """Loss and accuracy per epoch, side by side, as a PNG."""
+    """Loss and accuracy per epoch, side by side, as a PNG (a null value leaves a gap)."""
     from matplotlib.figure import Figure  # drawn with Agg, leaving pyplot's backend alone
 
     epochs = [r["epoch"] for r in history]
@@ -108,10 +119,16 @@ def plot(out: Path, history: list[dict], title: str) -> None:
     fig.suptitle(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    checkpoint.write_atomic(out / PLOT, buf.getvalue())
+    checkpoint.write_atomic(out / PLOT, buf.getvalue(), "the plot")
 
 
 # ---------------------------------------------------------------------------- the loop
+
+def note(text: str) -> None:
+    """A line on stderr, terminal or not, without breaking a progress bar."""
+    from tqdm import tqdm
+    tqdm.write(text, file=sys.stderr)
+
 
 def _progress(total: int, desc: str):
     from tqdm import tqdm
@@ -119,10 +136,12 @@ def _progress(total: int, desc: str):
                 dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
-def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str) -> float:
-    """One pass over the training images in a random order; returns the mean training loss."""
-    n = len(data.train_y)
-    order = rng.permutation(n)
+def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str,
+                drop_last: bool = False) -> float:
+    """One pass over the training images in a random order; returns the mean training loss.
+    With `drop_last`, the last partial batch is left out."""
+    order = rng.permutation(len(data.train_y))
+    n = len(order) - len(order) % batch if drop_last else len(order)
     total = 0.0
     with _progress(n, desc) as bar:
         for start in range(0, n, batch):
@@ -143,14 +162,28 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
     checkpoint (params, optimizer state, RNG state, history) atomically, `metrics.jsonl` and the
     plot. Returns the last evaluation (None when there was no epoch left to run)."""
     rng = np.random.default_rng((ckpt.recipe["seed"], 1))  # a stream apart from the model's own
-    if ckpt.rng:
+    if "shuffle" in ckpt.rng:
         rng.bit_generator.state = ckpt.rng["shuffle"]
-    ev = None
+    n, ev = len(data.train_y), None
+    norm = model.one_value_per_channel(n % batch) if n > batch and n % batch else None
+    if norm is not None and ckpt.epoch < epochs:
+        note(f"note: the last batch of each epoch would hold {n % batch} image{'s' * (n % batch > 1)}, and "
+             f"{norm.op} at {norm.span} would see one value per channel in it; it is left out "
+             f"(use a --batch that does not leave a remainder of {n % batch} to train on every image)")
     for epoch in range(ckpt.epoch + 1, epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}")
+        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}", norm is not None)
         seconds = time.perf_counter() - t0
+        kept = (f"{out / checkpoint.FILENAME} keeps epoch {ckpt.epoch}" if ckpt.epoch else
+                "no checkpoint was written")
+        bad = checkpoint.nonfinite(model.params, model.state)
+        if bad:
+            raise OdcError(f"the training diverged in epoch {epoch}: after its last step {bad}; {kept}\n"
+                           f"hint: lower the learning rate (--lr)")
         ev = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
+        if not math.isfinite(ev.loss):
+            raise OdcError(f"the training diverged in epoch {epoch}: the test loss is {ev.loss} (some logits "
+                           f"are not finite); {kept}\nhint: lower the learning rate (--lr)")
         record = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev.loss,
                   "test_accuracy": ev.accuracy, "samples_per_s": len(data.train_y) / seconds,
                   "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0 - seconds}
@@ -163,8 +196,12 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         ckpt.params = dict(model.params)
         ckpt.state = dict(model.state)
         checkpoint.save(out / checkpoint.FILENAME, ckpt)
-        write_metrics(out, ckpt.history)
-        plot(out, ckpt.history, f"{ckpt.model} on {data.name}")
+        try:
+            write_metrics(out, ckpt.history)
+            plot(out, ckpt.history, f"{ckpt.model} on {data.name}")
+        except OdcError as e:
+            raise OdcError(f"{e}\nnote: the checkpoint after epoch {epoch} is saved in {out}; "
+                           f"continue with --resume {out}") from None
     return ev
 
 
@@ -190,6 +227,11 @@ def _start(prog, path, out, resume, seed) -> tuple[Checkpoint, Path]:
                            f"or choose another --out")
         recipe = json.loads(json.dumps(prog.recipe))  # a copy, as the checkpoint will give it back
         return Checkpoint(prog.name, prog.source.text, str(path), {}, recipe=recipe), run_dir
+    folder = Path(resume).expanduser()
+    if folder.is_dir() and not (folder / checkpoint.FILENAME).exists() and (folder / METRICS).exists():
+        raise OdcError(f"--resume {resume}: the run in that folder stopped before its first checkpoint "
+                       f"(it holds {METRICS} but no {checkpoint.FILENAME}): there is nothing to resume\n"
+                       f"hint: start it again without --resume: --out {resume}")
     ckpt, run_dir = checkpoint.read(resume), checkpoint.resolve(resume).parent
     if out is not None and Path(out).resolve() != run_dir.resolve():
         raise OdcError(f"--out {out} and --resume {resume}: a resumed run continues in its own folder")
@@ -217,7 +259,7 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     if not recipe.get("data"):
         raise OdcError(f"{path}: error: no data set to train {prog.name} on\nhint: add a train block "
                        f"with its data, e.g. 'train {prog.name}:' and 'data = emnist(\"balanced\")'")
-    model = checkpoint.compile_model(prog, recipe)
+    model = checkpoint.compile_model(prog, recipe, log=note)
     if resume is not None:
         checkpoint.restore(model, ckpt)
     data = _run_data(ckpt, data_dir)
@@ -250,12 +292,15 @@ def _run_data(ckpt: Checkpoint, data_dir) -> Dataset:
     """The data set of a run: found from `data_dir` (--data) if given; else from where the run
     found it when it started, and then it must be the same data set."""
     stored = ckpt.data
+    if not ckpt.recipe.get("data"):
+        raise OdcError(f"{ckpt.path}: error: the checkpoint names no data set (its model has no train block)\n"
+                       f"hint: train it with 'odc compile-and-train' and a train block that sets data")
     data = load_dataset(ckpt.recipe["data"], data_dir if data_dir is not None else stored.get("dir"))
     if data_dir is None and stored and (data.name, data.source) != (stored["name"], stored["source"]):
         raise OdcError(f"the run trained on {stored['name']} from {stored['source']}, but odc now finds "
                        f"{data.name} in {data.source}\nhint: pass --data with the folder the run trained on")
     if data.note:
-        print(f"note: {data.note}", file=sys.stderr)
+        note(f"note: {data.note}")
     return data
 
 
@@ -270,7 +315,7 @@ def _check_classes(model, data: Dataset) -> None:
 def eval_checkpoint(path, data_dir=None, log=print) -> Evaluation:
     """`odc eval`: accuracy of a checkpoint on the test part of its recipe's data set."""
     ckpt = checkpoint.read(path)
-    model = checkpoint.build(ckpt)
+    model = checkpoint.build(ckpt, log=note)
     data = _run_data(ckpt, data_dir)
     if ckpt.classes and data.classes != ckpt.classes:
         raise OdcError(f"{data.name} in {data.source} has other classes than the data the checkpoint "
@@ -324,7 +369,7 @@ def read_image(path, size: int = 28) -> tuple[np.ndarray, str]:
 def predict(ckpt_path, image_path, top: int = 5, log=print) -> list[tuple[str, float]]:
     """`odc predict`: the `top` most likely classes of one image, with probabilities."""
     ckpt = checkpoint.read(ckpt_path)
-    model = checkpoint.build(ckpt)
+    model = checkpoint.build(ckpt, log=note)
     image, how = read_image(image_path)
     logits = model.forward(as_float(image[None])).astype(np.float64)[0]
     prob = np.exp(log_softmax_ref(logits, {}))

@@ -1,5 +1,6 @@
 """`odc compile-and-train`, `odc eval` and `odc predict`, run end to end on small subsets of the
 embedded EMNIST sample (real images), and LeNet-5 on the shared EMNIST data (slow)."""
+import errno
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from PIL import Image
 
 import odc
 from odc.cli import main
+from odc.errors import OdcError
 from odc.ir.ops import log_softmax_ref
 from odc.runtime import checkpoint
 from odc.runtime.data import as_float, load_dataset, load_sample
@@ -290,6 +292,257 @@ def test_model_and_data_with_other_class_counts(data_dir, tmp_path, capsys):
     assert main(["compile-and-train", str(model_file), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "the model has 10 outputs but emnist-balanced has 47 classes" in err and "Traceback" not in err
+
+
+def strict_json_lines(path) -> list[dict]:
+    """The records of a metrics.jsonl, which must be strict JSON (no NaN or Infinity)."""
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in Path(path).read_text().splitlines()]
+
+
+def test_a_run_whose_last_step_diverges_fails_and_keeps_the_good_checkpoint(model_file, data_dir, tmp_path, capsys):
+    """--batch 1000 makes one step per epoch, whose loss (computed before the update) is finite;
+    the update with lr=1e308 leaves no finite parameter, with lr=1e25 no finite logit. The run
+    must fail, write no checkpoint (a fresh run) or keep the last good one (a resumed run), and
+    keep metrics.jsonl strict JSON."""
+    out = tmp_path / "fresh"
+    assert train(model_file, data_dir, out, "--epochs", 1, "--batch", 1000, "--lr", 1e308) == 1
+    err = capsys.readouterr().err
+    assert ("error: the training diverged in epoch 1: after its last step parameter dense1.weight "
+            "(25,088 of 25,088 values NaN or infinite)") in err
+    assert "no checkpoint was written" in err and "hint: lower the learning rate (--lr)" in err
+    assert not (out / checkpoint.FILENAME).exists() and strict_json_lines(out / "metrics.jsonl") == []
+
+    # lr=1e25 leaves finite weights whose logits overflow float32
+    out = tmp_path / "overflow"
+    assert train(model_file, data_dir, out, "--epochs", 1, "--batch", 1000, "--lr", 1e25) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: the training diverged in epoch 1: the test loss is (nan|inf) \(some logits are "
+                     r"not finite\); no checkpoint was written\nhint: lower the learning rate", err)
+    assert not (out / checkpoint.FILENAME).exists() and strict_json_lines(out / "metrics.jsonl") == []
+
+    out = tmp_path / "resumed"
+    assert train(model_file, data_dir, out, "--epochs", 1) == 0
+    good = (out / checkpoint.FILENAME).read_bytes()
+    assert main(["compile-and-train", str(model_file), "--data", str(data_dir), "--resume", str(out),
+                 "--epochs", "2", "--batch", "1000", "--lr", "1e308"]) == 1
+    err = capsys.readouterr().err
+    assert "diverged in epoch 2" in err and f"{out / checkpoint.FILENAME} keeps epoch 1" in err
+    assert (out / checkpoint.FILENAME).read_bytes() == good
+    assert [r["epoch"] for r in strict_json_lines(out / "metrics.jsonl")] == [1]
+    assert "Traceback" not in err
+
+
+def test_metrics_jsonl_never_holds_a_non_finite_number(tmp_path):
+    from odc.runtime.train import write_metrics
+    write_metrics(tmp_path, [{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"),
+                              "test_accuracy": 0.5}])
+    assert strict_json_lines(tmp_path / "metrics.jsonl") == [
+        {"epoch": 1, "train_loss": None, "test_loss": None, "test_accuracy": 0.5}]
+
+
+BATCHNORM_1X1 = TINY.replace("x = dropout(relu(dense(flatten(image), 32)), 0.2)",
+                             "x = flatten(relu(batchnorm2d(conv2d(image, out=8, kernel=28))))")
+
+
+def test_a_last_batch_of_one_image_is_left_out_when_batchnorm_needs_two(tmp_path, data_dir, capsys):
+    """470 images, --batch 469: the last batch would be one image, on which the batch norm after a
+    28x28 convolution (a 1x1 output) sees one value per channel. It is left out, with one note,
+    and the running variance stays finite, so the trained model predicts."""
+    model_file = tmp_path / "bn.od"
+    model_file.write_text(BATCHNORM_1X1)
+    assert train(model_file, data_dir, tmp_path / "r", "--epochs", 2, "--batch", 469) == 0
+    err = capsys.readouterr().err
+    assert err.count("left out") == 1
+    assert re.search(r"note: the last batch of each epoch would hold 1 image, and batchnorm2d at "
+                     rf"{re.escape(str(model_file))}:3:22 would see one value per channel in it", err)
+    ckpt = checkpoint.read(tmp_path / "r")
+    var = ckpt.state["batchnorm2d1.running_var"]
+    assert np.isfinite(var).all() and (var != 1).all()  # trained, and not NaN
+    data = load_dataset(("emnist", "balanced"), data_dir)
+    logits = odc.load_checkpoint(tmp_path / "r").forward(as_float(data.test_x))
+    assert np.isfinite(logits).all()
+    assert metrics(tmp_path / "r")[1]["test_accuracy"] == pytest.approx((logits.argmax(1) == data.test_y).mean())
+
+
+def test_compile_messages_go_to_stderr_when_it_is_not_a_terminal(model_file, data_dir, tmp_path, capsys):
+    """470 train images in batches of 32 (the last holds 22), 188 test images evaluated at once."""
+    assert train(model_file, data_dir, tmp_path / "r", "--epochs", 2) == 0
+    captured = capsys.readouterr()
+    assert not sys.stderr.isatty()
+    compiled = re.findall(r"^compiling Tiny (.+) for batch (\d+) \.\.\.\ncompiled Tiny \1 for batch \2 in "
+                          r"\d+\.\d s$", captured.err, re.M)
+    assert compiled == [("train step", "32"), ("train step", "22"), ("forward pass", "188")]
+    assert "compiling" not in captured.out and "compiled" not in captured.out
+
+
+class FailingWrites:
+    """Makes checkpoint.write_atomic's `open` fail with ENOSPC (after writing a few bytes, as a disk
+    that fills up) for the `fail`-th write of a file named `name`."""
+
+    def __init__(self, monkeypatch, name, fail=1):
+        self.count, real_open = 0, open
+
+        def fake_open(path, mode="r", *args, **kw):
+            f = real_open(path, mode, *args, **kw)
+            if Path(path).name == f".{name}.tmp":
+                self.count += 1
+                if self.count == fail:
+                    def write(data, real_write=f.write):
+                        real_write(data[:10])
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    f.write = write
+            return f
+        monkeypatch.setattr(checkpoint, "open", fake_open, raising=False)
+
+
+def test_a_full_disk_while_writing_the_plot_fails_cleanly(model_file, data_dir, tmp_path, monkeypatch, capsys):
+    FailingWrites(monkeypatch, "curves.png")
+    out = tmp_path / "r"
+    assert train(model_file, data_dir, out, "--epochs", 2) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'curves.png'}: error: cannot write the plot: No space left on device" in err
+    assert "hint: free some disk space" in err and f"continue with --resume {out}" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [checkpoint.FILENAME, "metrics.jsonl"]
+    assert checkpoint.read(out).epoch == 1 and len(metrics(out)) == 1
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(model_file, data_dir, tmp_path,
+                                                                         monkeypatch, capsys):
+    FailingWrites(monkeypatch, checkpoint.FILENAME, fail=2)
+    out = tmp_path / "r"
+    assert train(model_file, data_dir, out, "--epochs", 3) == 1
+    err = capsys.readouterr().err
+    assert f"{out / checkpoint.FILENAME}: error: cannot write the checkpoint: No space left on device" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == [checkpoint.FILENAME, "curves.png", "metrics.jsonl"]
+    assert checkpoint.read(out).epoch == 1 and len(metrics(out)) == 1
+
+
+def test_resume_before_the_first_checkpoint_says_to_start_again(model_file, data_dir, tmp_path, capsys):
+    """A run killed during its first epoch leaves its folder with an empty metrics.jsonl."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("")
+    assert main(["compile-and-train", str(model_file), "--data", str(data_dir), "--resume", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err
+    assert f"hint: start it again without --resume: --out {out}" in err
+    assert train(model_file, data_dir, out, "--epochs", 1) == 0  # as the hint says
+
+
+def _meta_json(key, change):
+    """A damage: metadata entry `key` decoded from JSON, changed by `change` (which returns the new
+    value, or edits it in place and returns None), encoded again."""
+    def damage(meta, tensors):
+        value = json.loads(meta[key])
+        new = change(value)
+        meta[key] = json.dumps(value if new is None else new)
+    return damage
+
+
+def _meta(key, value):
+    def damage(meta, tensors):
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+    return damage
+
+
+def _tensor(key, change):
+    def damage(meta, tensors):
+        tensors[key] = change(tensors[key])
+    return damage
+
+
+DAMAGES = {  # name: (damage, what the message names)
+    "recipe not an object": (_meta("recipe", "[1, 2]"), "'recipe' must be a JSON object"),
+    "recipe not JSON": (_meta("recipe", '{"loss": '), "'recipe' must be valid JSON"),
+    "recipe without loss": (_meta_json("recipe", lambda r: r.pop("loss") and None), "'recipe.loss' must be present"),
+    "unknown loss": (_meta_json("recipe", lambda r: r | {"loss": "hinge"}), "'recipe.loss' must be one of"),
+    "optimizer a string": (_meta_json("recipe", lambda r: r | {"optimizer": "sgd"}), "'recipe.optimizer'"),
+    "unknown optimizer": (_meta_json("recipe", lambda r: r | {"optimizer": {"name": "lbfgs", "lr": 1}}),
+                          "unknown optimizer 'lbfgs'"),
+    "negative lr": (_meta_json("recipe", lambda r: r["optimizer"].update(lr=-1)), "lr must be a number > 0"),
+    "lr a string": (_meta_json("recipe", lambda r: r["optimizer"].update(lr="0.1")), "lr must be a number > 0"),
+    "epochs a string": (_meta_json("recipe", lambda r: r | {"epochs": "3"}), "'recipe.epochs' must be an integer"),
+    "batch 0": (_meta_json("recipe", lambda r: r | {"batch": 0}), "'recipe.batch' must be an integer >= 1"),
+    "batch true": (_meta_json("recipe", lambda r: r | {"batch": True}), "'recipe.batch' must be an integer"),
+    "negative seed": (_meta_json("recipe", lambda r: r | {"seed": -1}), "'recipe.seed' must be an integer >= 0"),
+    "data a number": (_meta_json("recipe", lambda r: r | {"data": 5}), "'recipe.data'"),
+    "idx folder a number": (_meta_json("recipe", lambda r: r | {"data": ["idx", 5]}), "'recipe.data'"),
+    "rng a list": (_meta("rng", "[]"), "'rng' must be a JSON object"),
+    "shuffle rng a number": (_meta_json("rng", lambda r: r | {"shuffle": 5}), "'rng.shuffle' must be a numpy"),
+    "model rng of MT19937": (_meta_json("rng", lambda r: r["model"].update(bit_generator="MT19937")), "'rng.model'"),
+    "rng state a string": (_meta_json("rng", lambda r: r["shuffle"]["state"].update(state="x")), "'rng.shuffle'"),
+    "unknown rng": (_meta_json("rng", lambda r: r | {"extra": r["model"]}), "'rng.extra'"),
+    "classes shorter than outputs": (_meta_json("classes", lambda c: c[:-1]),
+                                     "the checkpoint names 46 classes but its model has 47 outputs"),
+    "classes not strings": (_meta_json("classes", lambda c: list(range(47))), "'classes' must be a list of"),
+    "classes an object": (_meta("classes", "{}"), "'classes' must be a JSON array"),
+    "negative epoch": (_meta("epoch", "-1"), "'epoch' must be a number of epochs >= 0"),
+    "epoch not a number": (_meta("epoch", "two"), "'epoch' must be a number"),
+    "epoch without its record": (_meta("epoch", "3"), "'history' must be a list of one record per finished epoch"),
+    "history an object": (_meta("history", "{}"), "'history' must be a JSON array"),
+    "history of numbers": (_meta("history", "[1, 2]"), "'history[0]' must be a JSON object"),
+    "record without test loss": (_meta_json("history", lambda h: h[1].pop("test_loss") and None),
+                                 "'history[1].test_loss' must be present"),
+    "record with a string": (_meta_json("history", lambda h: h[0].update(train_loss="1.5")),
+                             "'history[0].train_loss' must be a finite number or null"),
+    "record with NaN": (_meta_json("history", lambda h: h[0].update(test_accuracy=float("nan"))),
+                        "'history[0].test_accuracy' must be a finite number or null"),
+    "records out of order": (_meta_json("history", lambda h: h[::-1]), "'history[0].epoch' must be 1"),
+    "param_order not a list": (_meta("param_order", '"dense1.weight"'), "'param_order' must be a JSON array"),
+    "param_order names a missing tensor": (_meta_json("param_order", lambda o: o + ["dense9.weight"]),
+                                           "'param_order' must be the names of the stored param.* tensors"),
+    "state_order misses a tensor": (_meta_json("state_order", lambda o: o[1:]), "'state_order'"),
+    "data not an object": (_meta("data", '"emnist"'), "'data' must be a JSON object"),
+    "data name a number": (_meta_json("data", lambda d: d | {"name": 5}), "'data.name' must be a string"),
+    "no recipe": (_meta("recipe", None), "'recipe' must be present"),
+    "no model name": (_meta("model", None), "'model' must be present"),
+    "model name not in the source": (_meta("model", "Other"), "the model source it holds does not compile"),
+    "source not a model": (_meta("source", "model X(:\n"), "the model source it holds does not compile"),
+    "a parameter of float64": (_tensor("param.dense1.weight", lambda a: a.astype(np.float64)),
+                               "parameter dense1.weight is float64 in the checkpoint but float32"),
+    "a parameter reshaped": (_tensor("param.dense1.bias", lambda a: a.reshape(8, 4)),
+                             "parameter dense1.bias is [8, 4] in the checkpoint but [32]"),
+    "a NaN parameter": (_tensor("param.dense2.bias", lambda a: np.where(np.arange(47) == 3, np.float32(np.nan), a)),
+                        "parameter dense2.bias (1 of 47 values NaN or infinite)"),
+    "an infinite state": (_tensor("state.dense1.bias.momentum_buffer", lambda a: a * np.float32(np.inf)),
+                          "optimizer state dense1.bias.momentum_buffer"),
+}
+
+
+@pytest.mark.parametrize("name", DAMAGES)
+def test_damaged_checkpoints_are_odc_errors_for_load_eval_and_resume(name, run, model_file, data_dir, tmp_path,
+                                                                      capsys):
+    """Each damage in a hand-made file with valid checksums (so that the check behind them is
+    what refuses it): odc.load_checkpoint raises OdcError, eval and --resume exit 1 with a
+    message that names the file and the field or tensor, and nothing is written."""
+    from test_checkpoint import raw, write_raw
+    damage, message = DAMAGES[name]
+    meta, tensors = raw(run / checkpoint.FILENAME)
+    damage(meta, tensors)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_raw(bad / checkpoint.FILENAME, meta, tensors)
+    (bad / "metrics.jsonl").write_bytes((run / "metrics.jsonl").read_bytes())
+    before = {p.name: p.read_bytes() for p in bad.iterdir()}
+    with pytest.raises(OdcError) as e:
+        odc.load_checkpoint(bad)
+    assert str(bad / checkpoint.FILENAME) in str(e.value) and message in str(e.value)
+    capsys.readouterr()
+    for argv in (["eval", bad, "--data", data_dir],
+                 ["compile-and-train", model_file, "--resume", bad, "--data", data_dir, "--epochs", 3]):
+        assert main([str(a) for a in argv]) == 1
+        err = capsys.readouterr().err
+        other_model = argv[0] != "eval" and name in ("model name not in the source", "source not a model")
+        assert (f"differs from the model the run in {bad} was trained from" if other_model else message) in err
+        assert str(bad) in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in bad.iterdir()} == before
 
 
 @pytest.mark.parametrize("argv, message", [
