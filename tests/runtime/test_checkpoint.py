@@ -273,7 +273,8 @@ def trained(tmp_path_factory):
                       recipe=prog.recipe, classes=list("0123456789"), epoch=2,
                       rng={"shuffle": np.random.default_rng(1).bit_generator.state,
                            "model": model.rng.bit_generator.state},
-                      history=[{"epoch": 1, "train_loss": 2.25, **record}, {"epoch": 2, "train_loss": 2.125, **record}],
+                      history=[{"epoch": 1, "train_loss": 2.25, **record},
+                               {"epoch": 2, "train_loss": 2.125, **record}],
                       data={"name": "mnist", "source": "/data/mnist", "dir": None})
     checkpoint.save(folder / "c.safetensors", ckpt)
     odc.load_checkpoint(folder / "c.safetensors")  # the undamaged file loads
