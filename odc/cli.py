@@ -280,9 +280,12 @@ def _gradcheck(a):
     width = max(map(len, errors), default=0)
     for name, err in errors.items():
         near = f"  ({kinks[name]} sample{'s' * (kinks[name] > 1)} near a kink left out)" if kinks[name] else ""
-        print(f"{name:<{width}}  {err:.2e}  {'ok' if err <= a.tol else 'FAIL'}{near}")
-    bad = [n for n, err in errors.items() if err > a.tol]
-    print(f"{len(errors) - len(bad)}/{len(errors)} parameters within {a.tol:g}"
+        verdict = "not checked" if err is None else f"{err:.2e}  {'ok' if err <= a.tol else 'FAIL'}"
+        print(f"{name:<{width}}  {verdict}{near}")
+    bad = [n for n, err in errors.items() if err is not None and err > a.tol]
+    unchecked = sum(err is None for err in errors.values())
+    print(f"{len(errors) - len(bad) - unchecked}/{len(errors)} parameters within {a.tol:g}"
+          + (f", {unchecked} not checked" if unchecked else "")
           + (f"; {sum(kinks.values())} sample points near a ReLU or pooling kink, where finite "
              f"differences do not apply, were left out" if any(kinks.values()) else ""))
     return 1 if bad else 0

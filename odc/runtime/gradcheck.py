@@ -32,8 +32,8 @@ MAX_BATCH = 1024
 
 def gradcheck(prog: Program, batch: int = 2, samples: int = 16,
               seed: int = 0) -> tuple[dict[str, float], dict[str, int]]:
-    """The worst relative error of each parameter's gradient (declaration order), and how many
-    of its sample points were left out as near a kink."""
+    """The worst relative error of each parameter's gradient (declaration order; None when
+    every sample point was near a kink), and how many of its points were left out so."""
     if not 1 <= batch <= MAX_BATCH:
         raise OdcError(f"gradcheck: the batch size must be between 1 and {MAX_BATCH}, got {batch}")
     rng = np.random.default_rng(seed)
@@ -71,5 +71,5 @@ def gradcheck(prog: Program, batch: int = 2, samples: int = 16,
                 continue
             fd = (losses[0] - losses[1]) / (2 * H)
             worst = max(worst, abs(grad[idx] - fd) / max(abs(grad[idx]), abs(fd), 1e-5))
-        errors[name] = worst
+        errors[name] = worst if kinks[name] < len(flat) else None
     return errors, kinks
