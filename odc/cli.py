@@ -263,7 +263,9 @@ def _register_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="check a model's gradients against finite differences",
                        description="Compare autodiff gradients with central finite differences in "
                                    "float64 on a small random batch; exit 1 if a parameter's worst "
-                                   "relative error exceeds --tol.")
+                                   "relative error exceeds --tol. Sample points near a ReLU or max-pool "
+                                   "kink, where finite differences average two slopes, are tried again "
+                                   "with a smaller step, else left out and counted.")
     p.add_argument("file", metavar="FILE", help="the .od file")
     p.add_argument("--model", metavar="NAME", help="the model to check when FILE has several")
     p.add_argument("--batch", type=_number(int, lambda n: n >= 1, "a batch size >= 1"), default=2)
