@@ -207,7 +207,8 @@ def run(args, argv) -> int:
     import torch
 
     import odc
-    from odc.codegen import bench, jit
+    from odc.codegen import jit
+    from odc.runtime import bench
     from odc.codegen.builder import VW
 
     load_before = load_average()

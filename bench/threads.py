@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import odc
-    from odc.codegen import bench, jit, threads
+    from odc.codegen import jit, threads
+    from odc.runtime import bench
 
     cpus = threads.available()
     prog = odc.load(args.model)

@@ -204,7 +204,8 @@ def _register_bench(sub):
 def _bench(a):
     from statistics import median
 
-    from odc.codegen import bench, jit, num_threads, threads as choice
+    from odc.codegen import jit, num_threads, threads as choice
+    from odc.runtime import bench
     from odc.codegen.builder import VW
     if a.threads:
         os.environ["ODC_NUM_THREADS"] = str(a.threads)

@@ -8,7 +8,7 @@ graph is written for a symbolic batch size; at each call it is specialised to th
 given (shape inference with the symbol bound), compiled by the model's executor once per batch
 size, and run. An executor is any function from a graph with concrete shapes to a function from
 argument arrays (by name) to output arrays (by name): compiled machine code by default
-(`odc.codegen.compile_graph`), or the numpy reference interpreter (`odc.runtime.interp.compile_graph`).
+(`odc.codegen.compile_graph`), or the numpy reference interpreter (`odc.ir.interp.compile_graph`).
 
 A training graph (train, grads) is refused for a batch in which a batch norm sees one value per
 channel (N·H·W = 1): its batch variance would divide by n − 1 = 0 and leave NaN in the running
@@ -30,16 +30,17 @@ from typing import Callable
 
 import numpy as np
 
+from odc import checkpoint
 from odc.errors import CompileError, Diagnostic, OdcError, SourceFile
+from odc.frontend import parse_file, parse_source
+from odc.frontend.recipe import Recipe
 from odc.ir import ops
 from odc.ir.graph import Graph, Node
-from odc.ir.passes import PIPELINE, shape_infer
-from odc.ir.verify import verify
-from odc.runtime import interp
+from odc.ir import interp, passes
+from odc.ir.dot import to_dot
+from odc.ir.passes import shape_infer
+from odc.ir.printer import print_graph
 
-# the passes each kind of graph skips
-KINDS = {"forward": ("autodiff", "optimizer"), "grads": ("inference", "optimizer"),
-         "train": ("inference",)}
 Executor = Callable[[Graph], Callable[[dict], dict]]
 WHAT = {"forward": "forward pass", "grads": "loss and gradients", "train": "train step"}  # for messages
 NORMS = ("batchnorm2d",)  # ops that normalise each channel (axis 1) over all the other axes
@@ -48,14 +49,12 @@ NORMS = ("batchnorm2d",)  # ops that normalise each channel (axis 1) over all th
 def load(path, model: str | None = None) -> "Program":
     """Parse and check an .od file. `model` picks one of several models; by default as
     `odc.frontend.Module.pick` does."""
-    from odc.frontend import parse_file
     module = parse_file(path)
     return Program(module.lower(model), module.source)
 
 
 class Program:
     def __init__(self, graph: Graph, source: SourceFile | None = None):
-        from odc.frontend.recipe import Recipe
         self.graph = graph  # the forward graph, as lowered by the front end
         self.source = source
         self.name = graph.name
@@ -63,23 +62,20 @@ class Program:
         # may be edited before compile()
         self.recipe = dict(graph.meta.get("recipe") or Recipe(graph.name).as_dict())
 
-    def stages(self, kind: str = "train", bindings: dict[str, int] | None = None,
-               **options) -> list[tuple[str, Graph]]:
-        """The graph after each pass of the pipeline, for a graph of `kind` (see KINDS), with the
-        size symbols in `bindings` made concrete; `options` maps a pass name to more keyword
-        arguments of its `run`."""
-        options = {"shape-infer": {"bindings": bindings}, "autodiff": {"loss": self.recipe["loss"]},
-                   "optimizer": {"optimizer": self.recipe["optimizer"]}} | options
-        g = self.graph
-        out = []
-        for p in PIPELINE:
-            if p.name not in KINDS[kind]:
-                g = verify(p.run(g, **options.get(p.name, {})))
-                out.append((p.name, g))
-        return out
+    def options(self, target: str = "label") -> dict[str, dict]:
+        """The options the recipe gives the passes."""
+        return {"autodiff": {"loss": self.recipe["loss"], "target": target},
+                "optimizer": dict(self.recipe["optimizer"])}
 
-    def lower(self, kind: str = "train", bindings: dict[str, int] | None = None, **options) -> Graph:
-        return self.stages(kind, bindings, **options)[-1][1]
+    def stages(self, kind: str = "train", bindings: dict[str, int] | None = None,
+               target: str = "label", verify_each: bool | None = None) -> list[tuple[str, Graph]]:
+        """The graph after each pass of the pipeline of `kind` (`odc.ir.passes.PIPELINES`), with
+        the size symbols in `bindings` made concrete."""
+        options = {"shape-infer": {"bindings": bindings}} | self.options(target)
+        return passes.run_passes(self.graph, passes.PIPELINES[kind], options, verify_each)
+
+    def lower(self, kind: str = "train", bindings: dict[str, int] | None = None, target: str = "label") -> Graph:
+        return self.stages(kind, bindings, target)[-1][1]
 
     def batch_bindings(self, batch: int) -> dict[str, int]:
         """The batch symbol of the input (its dim 0) bound to `batch`."""
@@ -95,23 +91,21 @@ class Program:
         pass with "all". After `inference`, which only the forward graph goes through, the
         forward graph's. With `batch`, the graphs are specialised to that batch size, as for
         compiling (memory planning then places every value)."""
-        from odc.ir.dot import to_dot
-        names = [p.name for p in PIPELINE]
-        if after not in (None, "all", *names):
-            raise OdcError(f"no pass named '{after}'; the passes are {', '.join(names)}")
+        if after not in (None, "all", *passes.ORDER):
+            raise OdcError(f"no pass named '{after}'; the passes are {', '.join(passes.ORDER)}")
         bindings = self.batch_bindings(batch) if batch else None
         stages = dict(self.stages("forward", bindings)) | dict(self.stages("train", bindings))
-        show = to_dot if format == "dot" else str
+        show = to_dot if format == "dot" else print_graph
         if after == "all":
-            return "".join(f"// after {n}\n{show(stages[n])}" for n in names)
-        return show(stages[after or names[-1]])
+            return "".join(f"// after {n}\n{show(stages[n])}" for n in passes.ORDER)
+        return show(stages[after or passes.ORDER[-1]])
 
     def compile(self, executor: Executor | None = None, seed: int | None = None,
                 log: Callable[[str], None] | None = None) -> "Model":
         """A model whose graphs run through `executor`: compiled machine code by default
-        (`odc.codegen.compile_graph`), or the numpy interpreter (`odc.runtime.interp.compile_graph`).
+        (`odc.codegen.compile_graph`), or the numpy interpreter (`odc.ir.interp.compile_graph`).
         `log`, if given, is called with a line before and after each compilation."""
-        if executor is None:
+        if executor is None:  # imported here: code generation probes the target CPU when imported
             from odc.codegen import compile_graph as executor
         return Model(self, executor,
                      self.recipe.get("seed", 0) if seed is None else seed, log)
@@ -196,22 +190,18 @@ class Model:
         return None
 
     def save(self, path) -> None:
-        from odc.runtime.checkpoint import Checkpoint, save
         prog = self.program
         if prog.source is None:
             raise OdcError("only a model loaded from an .od file can be saved")
-        save(path, Checkpoint(prog.name, prog.source.text, prog.source.path, dict(self.params),
+        checkpoint.save(path, checkpoint.Checkpoint(prog.name, prog.source.text, prog.source.path, dict(self.params),
                               dict(self.state), recipe=prog.recipe))
 
     # -- machinery --------------------------------------------------------------------------
-    def _options(self, target: str) -> dict:
-        return {"autodiff": {"loss": self.program.recipe["loss"], "target": target}}
-
     def _graph(self, kind: str, target: str = "label") -> Graph:
         """The graph of `kind` for a symbolic batch: what the arguments must look like."""
         key = (kind, target)
         if key not in self._graphs:
-            self._graphs[key] = self.program.lower(kind, **self._options(target))
+            self._graphs[key] = self.program.lower(kind, target=target)
         return self._graphs[key]
 
     def _run(self, kind: str, x, y=None) -> dict[str, np.ndarray]:
@@ -238,7 +228,7 @@ class Model:
             if self.log:
                 self.log(f"compiling {what} ...")
             t0 = time.perf_counter()
-            self._compiled[key] = self._executor(self.program.lower(kind, bindings, **self._options(target)))
+            self._compiled[key] = self._executor(self.program.lower(kind, bindings, target))
             if self.log:
                 self.log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
         feeds.update(dropout_masks(g, bindings, self.rng))
@@ -264,3 +254,57 @@ class Model:
             raise OdcError(f"label {y.min() if y.min() < 0 else y.max()} is out of range for a model "
                            f"with {classes} classes")
         return {"label": y.astype(np.int32)}
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def compile_model(prog, recipe: dict, log=None):
+    """Compile `prog` for training with `recipe` (the recipe as run: flags applied); `log` reports
+    each compilation (see `Program.compile`)."""
+    prog.recipe = recipe
+    return prog.compile(log=log)
+
+
+def restore(model, ckpt: checkpoint.Checkpoint) -> None:
+    """Copy a checkpoint's parameters and optimizer state into a compiled model, in place. Each
+    tensor must have the dtype and shape the model declares."""
+    where = f"{ckpt.path}: error: " if ckpt.path else ""
+    pairs = (("parameter", model.params, ckpt.params), ("optimizer state", model.state, ckpt.state))
+    for what, have, saved in pairs:
+        if list(have) != list(saved):
+            raise OdcError(f"{where}the checkpoint's {what} names ({', '.join(saved) or 'none'}) differ from "
+                           f"the model's ({', '.join(have) or 'none'})")
+        for name, value in saved.items():
+            for prop, show in (("shape", list), ("dtype", str)):
+                a, b = getattr(value, prop), getattr(have[name], prop)
+                if a != b:
+                    raise OdcError(f"{where}{what} {name} is {show(a)} in the checkpoint but {show(b)} "
+                                   f"in the model")
+    g = model.program.graph
+    outputs = g.type(g.output("logits")).shape[-1]
+    if ckpt.classes and len(ckpt.classes) != outputs:
+        raise OdcError(f"{where}the checkpoint names {len(ckpt.classes)} classes but its model has "
+                       f"{outputs} outputs\n{checkpoint.DAMAGED}")
+    for _, have, saved in pairs:  # copied only once all is checked: a refused checkpoint changes nothing
+        for name, value in saved.items():
+            have[name][...] = value
+    if "model" in ckpt.rng:
+        model.rng.bit_generator.state = ckpt.rng["model"]
+
+
+def build(ckpt: checkpoint.Checkpoint, log=None):
+    """The model a checkpoint holds: its source compiled with its recipe, then restored."""
+    try:
+        module = parse_source(ckpt.source, ckpt.source_path)
+        prog = Program(module.lower(ckpt.model), module.source)
+    except OdcError as e:
+        raise OdcError(f"{ckpt.path or 'checkpoint'}: error: the model source it holds does not compile:"
+                       f"\n{e}") from None
+    model = compile_model(prog, ckpt.recipe, log)
+    restore(model, ckpt)
+    return model
+
+
+def load_checkpoint(path):
+    """The model in a checkpoint (a file, or a run folder), compiled, with its parameters and
+    optimizer state: `forward`, `train_step` and the rest, as from `odc.load(...).compile()`."""
+    return build(checkpoint.read(path))

@@ -1,6 +1,10 @@
-"""Shared fixtures."""
+"""Shared fixtures. The IR verifier runs after every pass in every test (``ODC_VERIFY_EACH``),
+and in the subprocesses the tests start."""
+import os
 
 import pytest
+
+os.environ["ODC_VERIFY_EACH"] = "1"
 
 
 @pytest.fixture(scope="session")

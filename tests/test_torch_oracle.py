@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import odc
-from odc.runtime import interp
+from odc.ir import interp
 
 LENET = """
 model LeNet5(classes = 47):

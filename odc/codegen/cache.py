@@ -25,7 +25,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import odc
+from odc.version import __version__
 
 
 def cache_dir() -> Path:
@@ -53,7 +53,7 @@ def compiler_hash() -> str:
 
 def key(ir_text: str, options: dict, llvm_version: str, cpu: str, features: str) -> str:
     h = hashlib.sha256()
-    for part in (ir_text, json.dumps(options, sort_keys=True), odc.__version__, compiler_hash(),
+    for part in (ir_text, json.dumps(options, sort_keys=True), __version__, compiler_hash(),
                  llvm_version, cpu, features):
         h.update(part.encode())
         h.update(b"\0")

@@ -21,30 +21,19 @@ the global ``i64 odc_profile[kernels]``, in `Layout.kernels` order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 from llvmlite import ir
 
+from odc.codegen import kernels
 from odc.codegen.builder import I32, I64, PTR, VOID, KernelBuilder
+from odc.codegen.kernel import Kernel
 from odc.errors import OdcError
 from odc.ir.graph import Graph
-from odc.ir.passes import dce, fuse, plan_memory
+from odc.ir.passes import fuse, plan_memory
 
 PARALLEL_COST = 40_000  # estimated cycles below which a kernel stays on the calling thread
 ENTRY = "odc_step"
 PROFILE = "odc_profile"
-
-
-@dataclass
-class Kernel:
-    """A kernel before emission: the values it touches, its parallel extent and its body."""
-    values: list  # value ids (or ("out", name) keys) whose memory the body uses via `KernelBuilder.ptr`
-    extent: int  # iterations of the outermost loop, split across threads
-    cost: float  # estimated cycles for the whole range
-    emit: Callable[[KernelBuilder, ir.Value, ir.Value], None]  # body for [lo, hi)
-    scratch: int = 0  # bytes of scratch memory per thread
-    status: bool = False  # the body may report bad input through `KernelBuilder.status`
-    names: list[str] = field(default_factory=list)  # the ops, for the function name
 
 
 @dataclass
@@ -58,20 +47,19 @@ class Layout:
 
 
 def prepare(g: Graph) -> Graph:
-    """Remove dead code, fuse and plan memory, unless the pipeline already did."""
+    """`g`, checked to be ready: concrete shapes, fused and planned by the pipeline."""
     for n in g.nodes():
         if not n.type.is_concrete:
             raise OdcError(f"cannot compile @{g.name}: %{n.name or n.id} has the symbolic type {n.type}; "
-                           "bind every size symbol first (shape_infer.run(g, bindings={...}))")
+                           "bind every size symbol first (shape-infer{N=...})")
     if "arena_bytes" not in g.meta:
-        g = plan_memory.run(fuse.run(dce.run(g)))
+        raise OdcError(f"cannot compile @{g.name}: its memory is not planned; run it through a pipeline "
+                       "(odc.ir.passes.PIPELINES), or at least dce, fuse and plan-memory")
     return g
 
 
 def build_module(g: Graph, triple: str = "", data_layout: str = "",
                  threads: bool = True, profile: bool = False) -> tuple[ir.Module, Layout]:
-    from odc.codegen import kernels  # the op lowerings
-
     module = ir.Module(name=g.name)
     module.triple = triple
     module.data_layout = data_layout

@@ -11,9 +11,8 @@ from odc.frontend import ast
 from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import DEFAULT, OPTIMIZERS, hyper_parameters, invalid
-from odc.runtime.data import EMNIST_CLASSES, EMNIST_SPLITS
-
-DATA = {"emnist": "split", "mnist": "", "fashion_mnist": "", "idx": "dir"}
+from odc import datasets
+from odc.datasets import EMNIST_SPLITS
 
 
 def _usage(params: dict) -> str:
@@ -90,7 +89,7 @@ def _choose(e: ast.Expr, what: str, table) -> tuple[str, dict[str, tuple]]:
 
 
 def _set_data(r: Recipe, e: ast.Expr) -> None:
-    kind, args = _choose(e, "data set", DATA)
+    kind, args = _choose(e, "data set", datasets.KINDS)
     for v, span in args.values():  # the EMNIST split or the idx folder
         if not isinstance(v, str):
             raise Fail(f"{kind} expects a string, got {od_text(v)}", span)
@@ -98,7 +97,7 @@ def _set_data(r: Recipe, e: ast.Expr) -> None:
             raise Fail(f"unknown EMNIST split {od_text(v)}", span,
                        did_you_mean(v, EMNIST_SPLITS) or f"one of {', '.join(EMNIST_SPLITS)}")
     r.data = (kind, *(v for v, _ in args.values()))
-    r.classes = EMNIST_CLASSES.get(r.data[1]) if kind == "emnist" else {"mnist": 10, "fashion_mnist": 10}.get(kind)
+    r.classes = datasets.classes(*r.data)
 
 
 def _set_loss(r: Recipe, e: ast.Expr) -> None:

@@ -167,7 +167,3 @@ class Graph:
         g.meta = dict(self.meta)
         g._next_id = self._next_id
         return g
-
-    def __str__(self) -> str:
-        from odc.ir.printer import print_graph
-        return print_graph(self)

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from odc.datasets import EMNIST_SPLITS, FASHION_CLASSES
 from odc.errors import OdcError
 
 SAMPLE = Path(__file__).with_name("emnist_sample.npz")
@@ -39,11 +40,6 @@ EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 # SHA-256 of that archive (561,753,746 bytes), as recorded by TensorFlow Datasets
 # (tensorflow_datasets/url_checksums/emnist.txt) and by other projects that verify it.
 EMNIST_SHA256 = "fb9bb67e33772a9cc0b895e4ecf36d2cf35be8b709693c3564cea2a019fcda8e"
-# EMNIST splits and their class counts (letters has labels 1..26, which the loader maps to 0..25)
-EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 26, "digits": 10, "mnist": 10}
-EMNIST_SPLITS = tuple(EMNIST_CLASSES)
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 TEST_FRACTION = 1 / 7  # held out per class when a folder holds a single part (EMNIST's own ratio)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from odc.errors import OdcError
 from odc.ir.passes import dce
 from odc.program import Program, dropout_masks, init_param
-from odc.runtime import interp
+from odc.ir import interp
 
 H = 1e-6
 STEPS = (H, H / 10)  # the second only where the first meets a kink

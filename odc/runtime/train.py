@@ -33,12 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-import odc
+from odc import checkpoint, program
+from odc.checkpoint import Checkpoint
 from odc.errors import OdcError
 from odc.frontend.lower import od_text
 from odc.ir.ops import cross_entropy_ref, log_softmax_ref
-from odc.runtime import checkpoint
-from odc.runtime.checkpoint import Checkpoint
 from odc.runtime.data import Dataset, as_float, load_dataset
 
 EVAL_BATCH = 500
@@ -248,7 +247,7 @@ def _start(prog, path, out, resume, seed) -> tuple[Checkpoint, Path]:
 def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, seed=None, data_dir=None,
                       out=None, resume=None, log=print) -> Path:
     """`odc compile-and-train`: flags (not None) override the recipe. Returns the run folder."""
-    prog = odc.load(path, model=train)
+    prog = program.load(path, model=train)
     ckpt, run_dir = _start(prog, path, out, resume, seed)
     recipe = ckpt.recipe
     for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed)):
@@ -259,9 +258,9 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     if not recipe.get("data"):
         raise OdcError(f"{path}: error: no data set to train {prog.name} on\nhint: add a train block "
                        f"with its data, e.g. 'train {prog.name}:' and 'data = emnist(\"balanced\")'")
-    model = checkpoint.compile_model(prog, recipe, log=note)
+    model = program.compile_model(prog, recipe, log=note)
     if resume is not None:
-        checkpoint.restore(model, ckpt)
+        program.restore(model, ckpt)
     data = _run_data(ckpt, data_dir)
     _check_classes(model, data)
     ckpt.classes = data.classes
@@ -315,7 +314,7 @@ def _check_classes(model, data: Dataset) -> None:
 def eval_checkpoint(path, data_dir=None, log=print) -> Evaluation:
     """`odc eval`: accuracy of a checkpoint on the test part of its recipe's data set."""
     ckpt = checkpoint.read(path)
-    model = checkpoint.build(ckpt, log=note)
+    model = program.build(ckpt, log=note)
     data = _run_data(ckpt, data_dir)
     if ckpt.classes and data.classes != ckpt.classes:
         raise OdcError(f"{data.name} in {data.source} has other classes than the data the checkpoint "
@@ -369,7 +368,7 @@ def read_image(path, size: int = 28) -> tuple[np.ndarray, str]:
 def predict(ckpt_path, image_path, top: int = 5, log=print) -> list[tuple[str, float]]:
     """`odc predict`: the `top` most likely classes of one image, with probabilities."""
     ckpt = checkpoint.read(ckpt_path)
-    model = checkpoint.build(ckpt, log=note)
+    model = program.build(ckpt, log=note)
     image, how = read_image(image_path)
     logits = model.forward(as_float(image[None])).astype(np.float64)[0]
     prob = np.exp(log_softmax_ref(logits, {}))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from odc.codegen import compile_graph
+from planned import compile_graph
 from odc.ir import ops
 from odc.ir.graph import Graph, TensorType
 

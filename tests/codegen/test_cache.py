@@ -11,7 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from odc.codegen import cache, compile_graph, jit
+from odc.codegen import cache, jit
+from planned import compile_graph
 from odc.ir.graph import Graph, TensorType
 
 
@@ -169,7 +170,7 @@ CONCURRENT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, sys.argv[1])
     from test_cache import X, check_result, small_graph
-    from odc.codegen import compile_graph
+    from planned import compile_graph
     while not Path(sys.argv[2]).exists():  # start together
         time.sleep(0.001)
     for rows in (4, 6, 8):  # three entries, stored by every process at about the same time

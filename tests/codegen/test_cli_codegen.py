@@ -17,7 +17,7 @@ import odc
 from odc.cli import main
 from odc.codegen import compile_graph
 from odc.errors import OdcError
-from odc.runtime import interp
+from odc.ir import interp
 
 ROOT = Path(__file__).resolve().parents[2]
 MLP = str(ROOT / "models" / "mlp.od")

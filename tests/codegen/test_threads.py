@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from odc.codegen import compile_graph, threads
+from odc.codegen import threads
+from planned import compile_graph
 from odc.errors import OdcError
 from tests.codegen.test_jit import conv_graph, feeds
 

@@ -5,10 +5,10 @@ import pytest
 
 from odc.errors import CompileError, OdcError, SourceFile, Span
 from odc.ir.graph import Graph, TensorType
-from odc.ir.passes import autodiff
+from odc.ir.passes import autodiff, train_mode
 from odc.ir.verify import verify
 from odc.ir.vjp import Emit
-from odc.runtime import interp
+from odc.ir import interp
 
 
 def mlp(*, twice=False, twin=False, unused=False, dropout=None):
@@ -31,13 +31,18 @@ def mlp(*, twice=False, twin=False, unused=False, dropout=None):
     return g
 
 
+def grads(g, **options):
+    """The autodiff pass on the training form of `g` (the order of the pipelines)."""
+    return autodiff.run(train_mode.run(g), **options)
+
+
 def feeds(**params):
     rng = np.random.default_rng(0)
     return {"x": rng.standard_normal((4, 3)), "label": np.array([0, 2, 1, 2]), **params}
 
 
 def test_outputs_and_signature():
-    g = verify(autodiff.run(mlp(twin=True, unused=True, dropout=0.1)))
+    g = verify(grads(mlp(twin=True, unused=True, dropout=0.1)))
     assert [n for n, _ in g.outputs] == ["loss", "logits", "grad.A", "grad.B", "grad.unused"]
     assert [(a.op, a.name, str(a.type)) for a in g.args_of()] == [
         ("input", "x", "f32[N, 3]"), ("param", "A", "f32[3, 3]"), ("param", "B", "f32[3, 3]"),
@@ -46,7 +51,7 @@ def test_outputs_and_signature():
 
 
 def test_param_used_twice_gets_the_sum_of_both_uses(torch):
-    g = autodiff.run(mlp(twice=True))
+    g = grads(mlp(twice=True))
     assert sum(1 for n in g.nodes() if n.op == "add") == 1  # the two contributions to grad.A
     a = np.random.default_rng(1).standard_normal((3, 3))
     out = interp.run(g, feeds(A=a), np.float64)
@@ -59,7 +64,7 @@ def test_param_used_twice_gets_the_sum_of_both_uses(torch):
 
 
 def test_two_params_with_equal_values_stay_two_leaves(torch):
-    g = autodiff.run(mlp(twin=True))
+    g = grads(mlp(twin=True))
     assert g.output("grad.A") != g.output("grad.B")
     same = np.random.default_rng(2).standard_normal((3, 3))
     out = interp.run(g, feeds(A=same, B=same.copy()), np.float64)
@@ -73,13 +78,13 @@ def test_two_params_with_equal_values_stay_two_leaves(torch):
 
 
 def test_a_param_the_loss_ignores_gets_a_zero_gradient():
-    g = autodiff.run(mlp(unused=True))
+    g = grads(mlp(unused=True))
     out = interp.run(g, feeds(A=np.eye(3), unused=np.ones(2)), np.float64)
     np.testing.assert_array_equal(out["grad.unused"], np.zeros(2))
 
 
 def test_dropout_becomes_a_mask_input(torch):
-    g = autodiff.run(mlp(dropout=0.25))
+    g = grads(mlp(dropout=0.25))
     assert not any(n.op == "dropout" for n in g.nodes())
     mask = g.inputs()[1]
     assert (mask.name, mask.attrs, str(mask.type)) == ("dropout1.mask", {"dropout": 0.25}, "f32[N, 3]")
@@ -96,7 +101,7 @@ def test_dropout_becomes_a_mask_input(torch):
 
 
 def test_mse_against_one_hot_labels(torch):
-    g = autodiff.run(mlp(), loss="mse")
+    g = grads(mlp(), loss="mse")
     assert any(n.op == "one_hot" for n in g.nodes())
     a = np.random.default_rng(4).standard_normal((3, 3))
     out = interp.run(g, feeds(A=a), np.float64)
@@ -109,7 +114,7 @@ def test_mse_against_one_hot_labels(torch):
 
 
 def test_cross_entropy_is_stable_for_huge_logits():
-    g = autodiff.run(mlp())
+    g = grads(mlp())
     out = interp.run(g, {"x": np.array([[1e4, -1e4, 0.0]]), "label": np.array([1]), "A": np.eye(3)},
                      np.float32)
     assert np.isfinite(out["loss"]) and np.all(np.isfinite(out["grad.A"]))
@@ -118,7 +123,7 @@ def test_cross_entropy_is_stable_for_huge_logits():
 
 def test_unknown_loss():
     with pytest.raises(OdcError, match="unknown loss 'hinge'; odc knows cross_entropy, mse"):
-        autodiff.run(mlp(), loss="hinge")
+        grads(mlp(), loss="hinge")
 
 
 @pytest.mark.parametrize("logits", [("f32", ("N",)), ("i32", ("N", 3)), ("f32", ("N", "M"))])
@@ -130,7 +135,7 @@ def test_logits_that_are_not_float_batch_by_classes_are_a_compile_error_at_their
     x = g.add("input", type=t, name="x", span=span)
     g.outputs = [("logits", g.add("add", (x, x), type=t, span=span))]
     with pytest.raises(CompileError) as e:
-        autodiff.run(g)
+        grads(g)
     assert (e.value.path, e.value.line, e.value.col) == ("m.od", 2, 12)
     assert e.value.first.message == (f"cross_entropy needs float logits [batch, classes] with a known number of "
                                      f"classes; the model returns {t}")

@@ -9,7 +9,7 @@ from odc.ir.graph import Graph, TensorType
 from odc.ir.passes import autodiff, optimizer
 from odc.ir.verify import verify
 from odc.program import init_param
-from odc.runtime import interp
+from odc.ir import interp
 
 
 def grads_graph():
@@ -28,7 +28,7 @@ FEEDS = {"x": RNG.standard_normal((5, 3)), "label": RNG.integers(0, 2, 5), "w": 
 
 
 def step(spec, state=None, params=None):
-    g = verify(optimizer.run(grads_graph(), spec))
+    g = verify(optimizer.run(grads_graph(), **spec))
     state = state or {s.name: init_param(s, None) for s in g.args_of("state")}
     return interp.run(g, {**FEEDS, **(params or {}), **state}, np.float64), g
 
@@ -52,7 +52,7 @@ def test_signature_and_outputs():
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
 def test_updates_are_elementwise_ops(name):
     before = grads_graph()
-    after = optimizer.run(before, {"name": name, "lr": 0.1, "weight_decay": 0.1})
+    after = optimizer.run(before, **{"name": name, "lr": 0.1, "weight_decay": 0.1})
     new_ops = {n.op for n in after.nodes()} - {n.op for n in before.nodes()}
     assert new_ops <= {"state", "const", "add", "sub", "mul", "div", "sqrt", "exp"}
 
@@ -117,7 +117,7 @@ def test_hyper_parameters_out_of_range_are_user_errors(spec, message):
     """As torch.optim rejects them (beta1=1 or beta2 > 1 would train to NaN, beta1=0 once broke
     the pass); e.g. a recipe dict edited before compile()."""
     with pytest.raises(OdcError, match=message):
-        optimizer.run(grads_graph(), spec)
+        optimizer.run(grads_graph(), **spec)
 
 
 def test_adam_with_beta1_zero_is_rmsprop_with_bias_correction():
@@ -129,6 +129,6 @@ def test_adam_with_beta1_zero_is_rmsprop_with_bias_correction():
 
 def test_bad_optimizer_specs():
     with pytest.raises(OdcError, match="unknown optimizer 'rmsprop'"):
-        optimizer.run(grads_graph(), {"name": "rmsprop", "lr": 0.1})
+        optimizer.run(grads_graph(), **{"name": "rmsprop", "lr": 0.1})
     with pytest.raises(OdcError, match="sgd has no option beta1"):
-        optimizer.run(grads_graph(), {"name": "sgd", "lr": 0.1, "beta1": 0.9})
+        optimizer.run(grads_graph(), **{"name": "sgd", "lr": 0.1, "beta1": 0.9})

@@ -13,7 +13,7 @@ from odc.ir.graph import Graph, TensorType
 from odc.ir.passes import dce
 from odc.ir.passes.autodiff import backprop
 from odc.ir.vjp import RULES, Emit
-from odc.runtime import interp
+from odc.ir import interp
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 H = 1e-6

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 import odc
 from odc.errors import OdcError
-from odc.runtime import checkpoint
-from odc.runtime.checkpoint import Checkpoint
+from odc import checkpoint, program
+from odc.checkpoint import Checkpoint
 
 SOURCE = """\
 model Small(classes = 10):
@@ -101,7 +101,7 @@ def test_load_checkpoint_restores_parameters_and_optimizer_state(tmp_path):
     path = tmp_path / "small.od"
     path.write_text(SOURCE)
     prog = odc.load(path)
-    model = checkpoint.compile_model(prog, prog.recipe)
+    model = program.compile_model(prog, prog.recipe)
     rng = np.random.default_rng(0)
     x, y = rng.random((8, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 8)
     for _ in range(3):
@@ -121,12 +121,12 @@ def test_restore_rejects_another_model(tmp_path):
     path = tmp_path / "small.od"
     path.write_text(SOURCE)
     prog = odc.load(path)
-    model = checkpoint.compile_model(prog, prog.recipe)
+    model = program.compile_model(prog, prog.recipe)
     ckpt = sample_checkpoint()
     ckpt.params["dense1.weight"] = np.zeros((10, 10), np.float32)
     ckpt.state = dict(model.state)
     with pytest.raises(OdcError, match=r"dense1.weight is \[10, 10\] in the checkpoint but \[10, 784\]"):
-        checkpoint.restore(model, ckpt)
+        program.restore(model, ckpt)
 
 
 def test_a_checkpoint_that_cannot_be_written_is_a_user_error(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from odc.errors import OdcError
 from odc.ir.graph import Graph, TensorType
-from odc.runtime import interp
+from odc.ir import interp
 
 
 def softmax_graph():

@@ -7,7 +7,7 @@ import pytest
 
 import odc
 from odc.errors import CompileError
-from odc.runtime import interp
+from odc.ir import interp
 
 SOURCE = """\
 model Norm(classes = 5):

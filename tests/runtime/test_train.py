@@ -20,7 +20,7 @@ import odc
 from odc.cli import main
 from odc.errors import OdcError
 from odc.ir.ops import log_softmax_ref
-from odc.runtime import checkpoint
+from odc import checkpoint, program
 from odc.runtime.data import as_float, load_dataset, load_sample
 from odc.runtime.train import read_image
 
@@ -209,7 +209,7 @@ def test_last_partial_batch_is_trained(tmp_path, data_dir):
     assert train(model_file, data_dir, tmp_path / "r", "--epochs", 1, "--batch", 1000, "--lr", 0.125) == 0
     ckpt = checkpoint.read(tmp_path / "r")
     assert ckpt.recipe["optimizer"]["lr"] == 0.125
-    fresh = checkpoint.compile_model(odc.load(model_file), ckpt.recipe)  # the same seed: the same start
+    fresh = program.compile_model(odc.load(model_file), ckpt.recipe)  # the same seed: the same start
     data = load_dataset(("emnist", "balanced"), data_dir)
     loss, grads = fresh.loss_and_grads(as_float(data.train_x), data.train_y)
     assert metrics(tmp_path / "r")[0]["train_loss"] == pytest.approx(loss, rel=1e-5)

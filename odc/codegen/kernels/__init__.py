@@ -1,30 +1,14 @@
-"""Op lowerings: each turns one node (or a fused group) into a `Kernel`.
-
-`LOWER` maps an op name to ``lower(graph, node id) -> Kernel``. An anchor's kernel computes
-slices ``[lo, hi)`` of dim 0 of its result, so a fused group runs the anchor on a slice and
-then its elementwise epilogue on the same slice.
-"""
+"""Op lowerings: each turns one node (or a fused group) into a `Kernel` (`odc.codegen.kernel`);
+importing this package fills `LOWER` from its modules."""
 from __future__ import annotations
 
 from odc.codegen.builder import I1, VOID, KernelBuilder
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import LOWER, Kernel
+from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: F401 (they fill LOWER)
 from odc.errors import OdcError
 from odc.ir.graph import Graph
 from odc.ir.passes.fuse import Group, is_elementwise
 from odc.ir.passes.plan_memory import nbytes, output_owners
-
-LOWER = {}
-
-
-def lowering(*names):
-    def register(fn):
-        for n in names:
-            LOWER[n] = fn
-        return fn
-    return register
-
-
-from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: E402,F401 (registers)
 
 
 def lower_group(g: Graph, grp: Group) -> Kernel:

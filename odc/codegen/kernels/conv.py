@@ -26,9 +26,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from odc.codegen.builder import ACCUMULATORS, I32, REGISTERS, VW, KernelBuilder, vec
-from odc.codegen.kernels import lowering
 from odc.codegen.kernels.gemm import col_tiles, contiguous_b, outer_product, store_tile
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 
 CHUNK_BYTES = 256 * 1024  # the weight gradient walks the batch in chunks of about this much data

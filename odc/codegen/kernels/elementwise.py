@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from llvmlite import ir
 
 from odc.codegen.builder import KernelBuilder, llvm_type
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel
 from odc.ir.graph import Graph
 
 BLOCK = 4096  # elements per parallel block of a flat loop

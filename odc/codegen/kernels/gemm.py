@@ -20,8 +20,7 @@ from contextlib import ExitStack
 from llvmlite import ir
 
 from odc.codegen.builder import ACCUMULATORS, REGISTERS, VW, KernelBuilder, vec
-from odc.codegen.kernels import lowering
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 
 

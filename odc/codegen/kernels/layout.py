@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from odc.codegen.builder import I32, KernelBuilder, llvm_type
-from odc.codegen.kernels import lowering
 from odc.codegen.kernels.elementwise import collapse, contiguous_strides, loop_nest
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 
 ANY_DTYPE = ("transpose", "one_hot")

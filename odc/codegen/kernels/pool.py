@@ -9,9 +9,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from odc.codegen.builder import F32, I1, I32, VW, KernelBuilder, vec
-from odc.codegen.kernels import lowering
 from odc.codegen.kernels.gemm import col_tiles
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 
 

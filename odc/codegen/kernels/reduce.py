@@ -13,9 +13,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from odc.codegen.builder import F32, F64, I32, REASSOC, VW, KernelBuilder, llvm_type, vec
-from odc.codegen.kernels import lowering
 from odc.codegen.kernels.elementwise import contiguous_strides, loop_nest
-from odc.codegen.lower import Kernel
+from odc.codegen.kernel import Kernel, lowering
 from odc.ir import ops
 from odc.ir.graph import Graph
 

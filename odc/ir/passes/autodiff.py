@@ -1,23 +1,20 @@
 """Automatic differentiation: the forward graph becomes a loss-and-gradients graph.
 
-1. Training mode: every `dropout(x) {p}` becomes `mul(x, %dropoutK.mask)`, where the mask is a
-   new `input` (attribute `dropout=p`) that the runtime draws for each step: each element is 0
-   with probability p and 1/(1-p) otherwise, as in PyTorch. Every `batchnorm2d` (which
-   normalises with the batch's statistics) gets the running-statistics states of the inference
-   pass, and their next values become outputs `new.<state>`.
-2. The loss: a new `input %label: i32[N]` and, on the model's output (the logits),
+The graph must be in training form (the train-mode pass: dropout masks, running statistics).
+
+1. The loss: a new `input %label: i32[N]` and, on the model's output (the logits),
    `cross_entropy(logits, label)` (the batch mean of -log_softmax(logits)[label], computed with
    a stable log-sum-exp) or `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
    with a float `input %target` of the logits' type instead. The front end reserves both names
    (`RESERVED`), and checks that the logits are floats [batch, classes].
-3. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
+2. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
    order and each node's VJP rule (`odc.ir.vjp`) turns the gradient of its result into
    gradients of its operands. A value used several times gets the sum of the contributions
    (`add`). Only values that depend on a parameter and are floats get gradients. Every leaf is
    its own node, so two parameters are never merged, whatever their values; a parameter that
    the loss does not depend on gets a zero gradient.
-4. Outputs: `loss`, `logits`, `grad.<param>` for each parameter in declaration order, then the
-   running statistics' `new.<state>`. Nodes
+3. Outputs: `loss`, `logits`, `grad.<param>` for each parameter in declaration order, then the
+   outputs the graph had besides the logits (train-mode's `new.<state>`). Nodes
    built by the rules that no output needs (the gradient of the image) are removed (DCE).
 """
 from __future__ import annotations
@@ -27,12 +24,20 @@ import networkx as nx
 from odc.errors import CompileError, Diagnostic, OdcError
 from odc.ir import ops
 from odc.ir.graph import ARG_OPS, Graph, TensorType
-from odc.ir.passes import dce, inference
-from odc.ir.vjp import Emit, count, gradient
+from odc.ir.passes import dce
+from odc.ir.vjp import Emit, gradient
 
 name = "autodiff"
+summary = "add the label input, the loss and the reverse-mode gradient of every parameter"
+options = {"loss": "cross_entropy or mse (default: the train block's)",
+           "target": "label (integer classes) or float (mse against a float input %target)"}
+requires = ("train-mode",)
 LOSSES = ("cross_entropy", "mse")
 RESERVED = ("label", "target")  # the names of the inputs this pass adds
+
+
+def done(g: Graph) -> bool:
+    return any(name == "loss" for name, _ in g.outputs)
 
 
 def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
@@ -41,9 +46,7 @@ def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
     loss = loss or g.meta.get("recipe", {}).get("loss", "cross_entropy")
     if loss not in LOSSES:
         raise OdcError(f"unknown loss '{loss}'; odc knows {', '.join(LOSSES)}")
-    _dropout_masks(g)
-    running = _running_stats(g)
-    logits = g.outputs[0][1]
+    logits, carried = g.outputs[0][1], g.outputs[1:]
     lt = g.type(logits)
     e = Emit(g, g.node(logits).span)
     if lt.rank != 2 or not lt.is_float or not isinstance(lt.shape[1], int):
@@ -63,33 +66,8 @@ def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
         if gp is None:
             gp = e("broadcast_to", e.const(0, p.type.dtype), shape=list(p.type.shape))
         g.outputs.append((f"grad.{p.name}", gp))
-    g.outputs += running
+    g.outputs += carried
     return dce.run(g)
-
-
-def _dropout_masks(g: Graph) -> None:
-    for k, nid in enumerate([i for i in g.order() if g.node(i).op == "dropout"], start=1):
-        n = g.node(nid)
-        mask = g.add("input", attrs={"dropout": n.attrs.get("p", 0.5)}, type=n.type, span=n.span,
-                     name=f"dropout{k}.mask")
-        g.replace_uses(nid, g.add("mul", (n.args[0], mask), type=n.type, span=n.span))
-        g.remove(nid)
-
-
-def _running_stats(g: Graph) -> list[tuple[str, int]]:
-    out = []
-    for bn in [g.node(i) for i in g.order() if g.node(i).op == "batchnorm2d"]:
-        e = Emit(g, bn.span)
-        x, axes, dt = bn.args[0], [0, 2, 3], g.type(bn.args[0]).dtype
-        mean = e("mean", x, axis=axes)
-        xc = e("sub", x, e("reshape", mean, shape=[1, g.type(mean).shape[0], 1, 1]))
-        n_minus_1 = e("sub", count(e, g.type(x).shape, axes, dt), e.const(1, dt))
-        var = e("div", e("sum", e("mul", xc, xc), axis=axes), n_minus_1)
-        for state, batch in zip(inference.running_stats(g, bn), (mean, var)):
-            new = e("add", e("mul", state, e.const(1 - inference.MOMENTUM, dt)),
-                    e("mul", batch, e.const(inference.MOMENTUM, dt)))
-            out.append((f"new.{g.node(state).name}", new))
-    return out
 
 
 def backprop(g: Graph, loss: int, wrt: list[int]) -> dict[int, int]:

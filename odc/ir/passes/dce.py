@@ -11,6 +11,7 @@ import networkx as nx
 from odc.ir.graph import ARG_OPS, Graph
 
 name = "dce"
+summary = "remove the nodes that no output needs (arguments stay)"
 
 
 def run(g: Graph) -> Graph:

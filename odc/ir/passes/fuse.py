@@ -41,6 +41,7 @@ from odc.ir import ops
 from odc.ir.graph import ARG_OPS, Graph
 
 name = "fuse"
+summary = "group elementwise chains, and epilogues into their anchor, as kernels (fuse=K)"
 
 ANCHORS = ("conv2d", "conv2d_grad_input", "linear", "matmul", "maxpool2d", "avgpool2d",
            "maxpool2d_grad", "avgpool2d_grad")

@@ -18,6 +18,7 @@ from odc.ir.passes import dce
 from odc.ir.vjp import Emit
 
 name = "inference"
+summary = "batch norms normalise with their running statistics, as in evaluation"
 
 
 MOMENTUM = 0.1  # PyTorch's: running = (1 - MOMENTUM) * running + MOMENTUM * batch statistic

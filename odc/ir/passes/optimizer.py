@@ -33,6 +33,8 @@ from odc.ir.passes import dce
 from odc.ir.vjp import Emit
 
 name = "optimizer"
+summary = "write the train block's optimizer update as elementwise ops over explicit state arguments"
+requires = ("autodiff",)
 
 # each optimizer's hyper-parameters and their defaults (PyTorch's); lr has none
 OPTIMIZERS = {
@@ -41,6 +43,8 @@ OPTIMIZERS = {
     "adamw": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
 }
 DEFAULT = {"name": "sgd", "lr": 0.01}  # the optimizer of a model without a train block
+options = {"name": f"{', '.join(OPTIMIZERS)} (default: the train block's)",
+           **{k: "a hyper-parameter of the optimizer" for opt in OPTIMIZERS.values() for k in opt}}
 # what each hyper-parameter must be (as torch.optim requires, but lr > 0): in words, and the test
 VALID = {"lr": ("a number > 0", lambda v: v > 0),
          "momentum": ("a number >= 0", lambda v: v >= 0),
@@ -82,10 +86,11 @@ def hyper_parameters(spec: dict) -> dict:
     return {"name": kind, **hp}
 
 
-def run(g: Graph, optimizer: dict | None = None) -> Graph:
-    """`optimizer` is {"name": "sgd" | "adam" | "adamw", hyper-parameter: value, ...}; by
-    default the train block's."""
-    hp = hyper_parameters(optimizer or g.meta.get("recipe", {}).get("optimizer") or DEFAULT)
+def run(g: Graph, name: str | None = None, **settings) -> Graph:
+    """`name` ("sgd", "adam", "adamw") and hyper-parameters as `settings`; by default the train
+    block's optimizer, with `settings` replacing some of its hyper-parameters."""
+    spec = dict(g.meta.get("recipe", {}).get("optimizer") or DEFAULT)
+    hp = hyper_parameters({"name": name, **settings} if name and name != spec["name"] else {**spec, **settings})
     g = g.copy()
     g.name = f"{g.name}.train_step"
     states: list[tuple[int, int]] = []  # (state node, its next value), in creation order

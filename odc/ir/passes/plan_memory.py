@@ -28,6 +28,7 @@ from odc.ir.graph import ARG_OPS, Graph
 from odc.ir.passes.fuse import ALIASES, base_of, groups, inlined_const, is_elementwise
 
 name = "plan-memory"
+summary = "place intermediate values in one arena by liveness (arena=OFFSET; concrete shapes only)"
 
 ALIGN = 64
 MAX_ARENA_BYTES = 2 ** 35

@@ -13,15 +13,20 @@ recomputed one modulo the bindings; a disagreement is an internal error, not a u
 """
 from __future__ import annotations
 
-from odc.errors import CompileError, Diagnostic
+from odc.errors import CompileError, Diagnostic, OdcError
 from odc.ir import ops
 from odc.ir.graph import ARG_OPS, Graph
 
 name = "shape-infer"
+summary = "recompute and check every type by the type rules; bind size symbols (shape-infer{N=32})"
+options = {"*": "a size symbol and the size it stands for, e.g. N=32"}
 
 
-def run(g: Graph, bindings: dict[str, int] | None = None) -> Graph:
-    bindings = bindings or {}
+def run(g: Graph, bindings: dict[str, int] | None = None, **sizes: int) -> Graph:
+    bindings = {**(bindings or {}), **sizes}
+    for sym, size in bindings.items():
+        if not (isinstance(size, int) and not isinstance(size, bool) and size >= 1):
+            raise OdcError(f"shape-infer: the size of {sym} must be a positive integer, got {size!r}")
     g = g.copy()
     failed: set[int] = set()
     diags: list[Diagnostic] = []

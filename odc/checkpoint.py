@@ -43,8 +43,10 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-import odc
 from odc.errors import OdcError
+from odc.ir.passes.autodiff import LOSSES
+from odc.ir.passes.optimizer import hyper_parameters
+from odc.version import __version__
 
 FORMAT = "odc-checkpoint/2"
 OLD_FORMATS = ("odc-checkpoint/1",)  # without checksums; still read
@@ -151,7 +153,7 @@ def save(path, ckpt: Checkpoint) -> None:
                        f"hint: the training diverged; lower the learning rate (--lr)")
     tensors = {f"param.{k}": np.asarray(v, order="C") for k, v in ckpt.params.items()}
     tensors.update({f"state.{k}": np.asarray(v, order="C") for k, v in ckpt.state.items()})
-    meta = {"format": FORMAT, "odc_version": odc.__version__, "model": ckpt.model, "source": ckpt.source,
+    meta = {"format": FORMAT, "odc_version": __version__, "model": ckpt.model, "source": ckpt.source,
             "source_path": ckpt.source_path, "recipe": json_text(ckpt.recipe),
             "classes": json_text(ckpt.classes), "epoch": str(ckpt.epoch), "rng": json_text(ckpt.rng),
             "history": json_text(ckpt.history), "param_order": json_text(list(ckpt.params)),
@@ -243,9 +245,6 @@ def _names(v, name: str) -> list[str]:
 def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> Checkpoint:
     """The Checkpoint that `meta` and `tensors` describe, each field checked against the schema the
     training loop writes: an OdcError naming the file and the first field that does not fit."""
-    from odc.ir.passes.autodiff import LOSSES
-    from odc.ir.passes.optimizer import hyper_parameters
-
     def entry(key: str, kind=None):  # a metadata entry, decoded from JSON unless kind is str
         _need(key in meta, key, "present")
         if kind is str:
@@ -315,58 +314,3 @@ def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray
     return Checkpoint(model, source, source_path, {k: tensors[f"param.{k}"] for k in order["param"]},
                       {k: tensors[f"state.{k}"] for k in order["state"]}, recipe, classes, epoch, rng,
                       history, run_data, str(p))
-
-
-def compile_model(prog, recipe: dict, log=None):
-    """Compile `prog` for training with `recipe` (the recipe as run: flags applied); `log` reports
-    each compilation (see `odc.Program.compile`)."""
-    prog.recipe = recipe
-    return prog.compile(log=log)
-
-
-def restore(model, ckpt: Checkpoint) -> None:
-    """Copy a checkpoint's parameters and optimizer state into a compiled model, in place. Each
-    tensor must have the dtype and shape the model declares."""
-    where = f"{ckpt.path}: error: " if ckpt.path else ""
-    pairs = (("parameter", model.params, ckpt.params), ("optimizer state", model.state, ckpt.state))
-    for what, have, saved in pairs:
-        if list(have) != list(saved):
-            raise OdcError(f"{where}the checkpoint's {what} names ({', '.join(saved) or 'none'}) differ from "
-                           f"the model's ({', '.join(have) or 'none'})")
-        for name, value in saved.items():
-            for prop, show in (("shape", list), ("dtype", str)):
-                a, b = getattr(value, prop), getattr(have[name], prop)
-                if a != b:
-                    raise OdcError(f"{where}{what} {name} is {show(a)} in the checkpoint but {show(b)} "
-                                   f"in the model")
-    g = model.program.graph
-    outputs = g.type(g.output("logits")).shape[-1]
-    if ckpt.classes and len(ckpt.classes) != outputs:
-        raise OdcError(f"{where}the checkpoint names {len(ckpt.classes)} classes but its model has "
-                       f"{outputs} outputs\n{DAMAGED}")
-    for _, have, saved in pairs:  # copied only once all is checked: a refused checkpoint changes nothing
-        for name, value in saved.items():
-            have[name][...] = value
-    if "model" in ckpt.rng:
-        model.rng.bit_generator.state = ckpt.rng["model"]
-
-
-def build(ckpt: Checkpoint, log=None):
-    """The model a checkpoint holds: its source compiled with its recipe, then restored."""
-    from odc.frontend import parse_source
-    from odc.program import Program
-    try:
-        module = parse_source(ckpt.source, ckpt.source_path)
-        prog = Program(module.lower(ckpt.model), module.source)
-    except OdcError as e:
-        raise OdcError(f"{ckpt.path or 'checkpoint'}: error: the model source it holds does not compile:"
-                       f"\n{e}") from None
-    model = compile_model(prog, ckpt.recipe, log)
-    restore(model, ckpt)
-    return model
-
-
-def load_checkpoint(path):
-    """The model in a checkpoint (a file, or a run folder), compiled, with its parameters and
-    optimizer state: `forward`, `train_step` and the rest, as from `odc.load(...).compile()`."""
-    return build(read(path))
