@@ -34,16 +34,15 @@ from odc import checkpoint
 from odc.errors import CompileError, Diagnostic, OdcError, SourceFile
 from odc.frontend import parse_file, parse_source
 from odc.frontend.recipe import Recipe
-from odc.ir import ops
 from odc.ir.graph import Graph, Node
-from odc.ir import interp, passes
+from odc.ir import interp, ops, passes
+from odc.ir.dtypes import NP_DTYPES
 from odc.ir.dot import to_dot
 from odc.ir.passes import shape_infer
 from odc.ir.printer import print_graph
 
 Executor = Callable[[Graph], Callable[[dict], dict]]
 WHAT = {"forward": "forward pass", "grads": "loss and gradients", "train": "train step"}  # for messages
-NORMS = ("batchnorm2d",)  # ops that normalise each channel (axis 1) over all the other axes
 
 
 def load(path, model: str | None = None) -> "Program":
@@ -131,7 +130,7 @@ def init_param(p: Node, rng: np.random.Generator) -> np.ndarray:
         value = rng.uniform(-bounds[init], bounds[init], shape)
     else:
         raise OdcError(f"parameter {p.name}: unknown initialisation '{init}'")
-    return value.astype(ops.NP_DTYPES[p.type.dtype])
+    return value.astype(NP_DTYPES[p.type.dtype])
 
 
 def dropout_masks(g: Graph, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -143,7 +142,7 @@ def dropout_masks(g: Graph, sizes: dict[str, int], rng: np.random.Generator) -> 
         if "dropout" in m.attrs:
             p = m.attrs["dropout"]
             keep = rng.random(m.type.substitute(sizes).shape) >= p
-            masks[m.name] = (keep / (1 - p)).astype(ops.NP_DTYPES[m.type.dtype])
+            masks[m.name] = (keep / (1 - p)).astype(NP_DTYPES[m.type.dtype])
     return masks
 
 
@@ -185,7 +184,8 @@ class Model:
         batch of `batch` examples, or None. Such a batch cannot be trained on (see the module)."""
         g = shape_infer.run(self.program.graph, self.program.batch_bindings(batch))
         for n in (g.node(i) for i in g.order()):
-            if n.op in NORMS and n.type.numel == n.type.shape[1]:  # a norm's type is its input's
+            # an op with running statistics normalises each channel (axis 1); its type is its input's
+            if ops.get(n.op).training == "state" and n.type.numel == n.type.shape[1]:
                 return n
         return None
 
@@ -209,7 +209,7 @@ class Model:
         g = self._graph(kind, target)
         image = g.inputs()[0]
         try:
-            feeds = {image.name: np.asarray(x, ops.NP_DTYPES[image.type.dtype])}
+            feeds = {image.name: np.asarray(x, NP_DTYPES[image.type.dtype])}
         except (TypeError, ValueError, OverflowError):
             raise OdcError(f"input '{image.name}' expects an array of numbers {image.type}, "
                            f"got {type(x).__name__}") from None
@@ -246,7 +246,7 @@ class Model:
         y = np.asarray(y)
         names = {a.name: a for a in g.inputs()}
         if "target" in names:
-            return {"target": y.astype(ops.NP_DTYPES[names["target"].type.dtype])}
+            return {"target": y.astype(NP_DTYPES[names["target"].type.dtype])}
         classes = g.type(g.output("logits")).shape[1]
         if y.dtype.kind not in "iu":
             raise OdcError(f"labels must be integers, got an array of {y.dtype}")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from llvmlite import ir
 
 from odc.codegen import jit
+from odc.ir import dtypes
 
 F32 = ir.FloatType()
 F64 = ir.DoubleType()
@@ -26,12 +27,11 @@ VW = jit.vector_bits() // 32  # f32 lanes of a vector register of the target: 16
 REGISTERS = 32 if VW == 16 else 16  # vector registers (zmm0-31; ymm0-15 without AVX-512)
 ACCUMULATORS = REGISTERS * 3 // 4  # register-tile budget, leaving registers for the operands
 
-LLVM_TYPES = {"f32": F32, "f64": F64, "i32": I32, "i64": I64, "u8": I8}
 REASSOC = ("reassoc", "contract")  # lets LLVM vectorize a float reduction
 
 
 def llvm_type(dtype: str) -> ir.Type:
-    return LLVM_TYPES[dtype]
+    return dtypes.TABLE[dtype].llvm
 
 
 def vec(n: int, ty: ir.Type = F32) -> ir.VectorType:

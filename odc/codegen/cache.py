@@ -39,11 +39,12 @@ def enabled() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def compiler_hash() -> str:
-    """Hash of the source files that turn IR into machine code (the op registry and the graph
-    included: kernels read op attributes through them, and kernel order comes from the graph)."""
+    """Hash of the source files that turn IR into machine code (the op catalog, whose scalar
+    formulas kernels are made of, the dtype table and the graph included: kernel order comes from
+    the graph)."""
     root = Path(__file__).resolve().parent.parent
-    files = sorted((root / "codegen").rglob("*.py")) + [
-        root / "ir" / name for name in ("ops.py", "graph.py", "passes/fuse.py", "passes/plan_memory.py")]
+    files = sorted((root / "codegen").rglob("*.py")) + sorted((root / "ir" / "ops").rglob("*.py")) + [
+        root / "ir" / name for name in ("dtypes.py", "graph.py", "passes/fuse.py", "passes/plan_memory.py")]
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(root)).encode())

@@ -11,7 +11,7 @@ own parameters (an explicit `param NAME` in a def becomes `<def><k>.NAME`, k cou
 An error in a def's body notes the call that inlined it.
 
 A model has one input, the image batch, and returns float logits [batch, classes] with a known
-number of classes (what training needs). Tensors are f32 (`COMPUTE_DTYPES`: what code generation
+number of classes (what training needs). Tensors are f32 (`odc.ir.dtypes.COMPUTE`: what code generation
 supports). The sizes of tensors, of the graph, and how many defs are inlined how deep are bounded
 (`odc.frontend.limits`), each reported where it is exceeded.
 
@@ -33,12 +33,10 @@ from odc.frontend import ast
 from odc.frontend.limits import (MAX_DEF_DEPTH, MAX_ELEMENTS, MAX_INLINED_CALLS, MAX_NODES, MAX_PARAMETERS,
                                  MAX_SAMPLE_ELEMENTS)
 from odc.ir import ops
-from odc.ir.graph import DTYPES, Graph, TensorType
+from odc.ir.dtypes import COMPUTE as COMPUTE_DTYPES, NAMES as DTYPES
+from odc.ir.graph import Graph, TensorType
 from odc.ir.passes.autodiff import RESERVED
 
-# The element types code generation supports: every kernel computes in f32 (the others are
-# refused there, odc/codegen/kernels/__init__.py), so they are refused here, at check time.
-COMPUTE_DTYPES = ("f32",)
 NUMBER_HINT = "odc's numbers are 64-bit floats, at most about 1.8e308"
 
 
@@ -157,22 +155,7 @@ SIGNS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "matmul": "@"}
 FOLD = {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv}
 
 
-# -- the built-ins: name -> (parameters as the docs show them, the ModelLowerer method) -------
-BUILTINS = {
-    "conv2d": ("x, out, kernel, stride=1, pad=0, bias=true", "lower_conv2d"),
-    "dense": ("x, out, bias=true", "lower_dense"),
-    "batchnorm2d": ("x", "lower_batchnorm2d"),
-    "maxpool2d": ("x, k, stride=k", "lower_pool"),
-    "avgpool2d": ("x, k, stride=k", "lower_pool"),
-    "flatten": ("x", "lower_flatten"),
-    "reshape": ("x, shape", "lower_reshape"),
-    "transpose": ("x, perm", "lower_transpose"),
-    **{name: ("x, axis=all", "lower_reduce") for name in ("sum", "mean", "max")},
-    **{name: ("x, axis=-1", "lower_softmax") for name in ("softmax", "log_softmax")},
-    "matmul": ("a, b", "lower_matmul"),
-    "dropout": ("x, p", "lower_dropout"),
-    **{name: ("x", "lower_unary") for name in ("relu", "tanh", "sigmoid", "exp", "log", "sqrt", "abs")},
-}
+BUILTINS = ops.BUILTINS  # the language's calls, from the op catalog
 INITS = {"zeros": "", "ones": "", "normal": "std", "uniform": "lo, hi", "kaiming": "", "xavier": ""}
 
 
@@ -475,11 +458,11 @@ class ModelLowerer:
             return self.inline(self.defs[e.func], e, env)
         if e.func not in BUILTINS:
             raise Fail(f"unknown op '{e.func}'", e.func_span, did_you_mean(e.func, [*BUILTINS, *self.defs]))
-        usage, method = BUILTINS[e.func]
-        a = self.args(e.func, usage, e, env)
+        spec = BUILTINS[e.func]
+        a = self.args(e.func, spec.usage, e, env)
         if POISON in (v for v, _ in a.values()):
             return POISON
-        return getattr(self, method)(e.func, e, a)
+        return spec.build(Site(self, e.func, e), self.checked(spec, a))
 
     def args(self, fname: str, usage: str, call: ast.Call, env: dict) -> dict[str, tuple]:
         """The call's arguments, evaluated: name → (value, span of the argument)."""
@@ -598,56 +581,37 @@ class ModelLowerer:
             raise Fail(f"{op} needs a known size of dimension 1 to create its weights, got {xt}", span)
         return xt.shape[1]
 
-    def layer(self, op: str, irop: str, call: ast.Call, x: Tensor, params: list[tuple[TensorType, dict]],
-              attrs: dict) -> Tensor:
-        """Type-check a layer, then create its parameters (weight, then bias) and its node."""
-        t = self.infer(irop, [self.g.type(x.id)] + [pt for pt, _ in params], attrs, call.span)
-        self.counts[op] += 1
-        ids = [self.arg("param", f"{op}{self.counts[op]}.{role}", pt, init, call.span)
-               for role, (pt, init) in zip(("weight", "bias"), params)]
-        self.check_size(f"the result of {op},", t, call.span)
-        return Tensor(self.add(irop, [x.id, *ids], attrs, t, call.span))
+    def checked(self, spec: ops.Builtin, a: dict) -> dict:
+        """The values of a built-in's arguments, each checked against its kind (`ops.Arg`); an
+        argument not given has its default."""
+        op, out, rank = spec.name, {}, None
+        for arg in spec.args:
+            name, kind = arg.name, arg.kind
+            if kind != "tensor" and name not in a:
+                out[name] = arg.default
+            elif kind == "tensor":
+                out[name], t = self.arg_tensor(op, a, name)
+                rank = t.rank if rank is None else rank
+            elif kind in ("int", "count"):
+                out[name] = self.arg_int(op, a, name, lo=1 if kind == "int" else 0)
+            elif kind in ("number", "positive", "probability"):
+                out[name] = self.arg_number(op, a, name, positive=kind == "positive")
+                if kind == "probability" and not 0 <= out[name] < 1:
+                    raise Fail(f"{op}: {name} is a probability in [0, 1), got {out[name]}", a[name][1])
+            elif kind == "bool":
+                out[name] = self.arg_bool(op, a, name, arg.default)
+            elif kind in ("axis", "axes"):
+                out[name] = self.arg_axes(op, a, name, rank, arg.default, many=kind == "axes")
+            elif kind == "shape":
+                out[name] = self.arg_shape(op, a, name)
+            elif kind == "perm":
+                out[name] = self.arg_perm(op, a, name)
+            else:
+                raise AssertionError(f"{op}: unknown argument kind {kind}")
+        return out
 
-    def lower_conv2d(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        out, k = self.arg_int(op, a, "out"), self.arg_int(op, a, "kernel")
-        attrs = {"stride": self.arg_int(op, a, "stride", 1), "pad": self.arg_int(op, a, "pad", 0, lo=0)}
-        cin = self.features(op, xt, 4, call.span)
-        bound = 1 / math.sqrt(cin * k * k)  # PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(-b, b)
-        init = {"init": "uniform", "lo": -bound, "hi": bound}
-        params = [(TensorType(xt.dtype, (out, cin, k, k)), init), (TensorType(xt.dtype, (out,)), init)]
-        return self.layer(op, "conv2d", call, x, params[:2 if self.arg_bool(op, a, "bias", True) else 1], attrs)
-
-    def lower_dense(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        out = self.arg_int(op, a, "out")
-        cin = self.features(op, xt, 2, call.span)
-        bound = 1 / math.sqrt(cin)
-        init = {"init": "uniform", "lo": -bound, "hi": bound}
-        params = [(TensorType(xt.dtype, (out, cin)), init), (TensorType(xt.dtype, (out,)), init)]
-        return self.layer(op, "linear", call, x, params[:2 if self.arg_bool(op, a, "bias", True) else 1], {})
-
-    def lower_batchnorm2d(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        c = TensorType(xt.dtype, (self.features(op, xt, 4, call.span),))
-        return self.layer(op, "batchnorm2d", call, x, [(c, {"init": "ones"}), (c, {"init": "zeros"})], {})
-
-    def lower_pool(self, op, call, a):
-        x, _ = self.arg_tensor(op, a, "x")
-        k = self.arg_int(op, a, "k")
-        return self.node(op, [x], {"kernel": k, "stride": self.arg_int(op, a, "stride", k)}, call.span)
-
-    def lower_flatten(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        if xt.rank < 2:
-            raise Fail(f"flatten expects at least a 2-D input, got {xt}", call.span)
-        if not xt.with_shape(xt.shape[1:]).is_concrete:
-            raise Fail(f"flatten needs known sizes after dimension 0, got {xt}", call.span)
-        return self.node("reshape", [x], {"shape": [xt.shape[0], math.prod(xt.shape[1:])]}, call.span)
-
-    def lower_reshape(self, op, call, a):
-        x, _ = self.arg_tensor(op, a, "x")
-        v, span = a["shape"]
+    def arg_shape(self, op: str, a: dict, name: str) -> list:
+        v, span = a[name]
         items = v if isinstance(v, list) else [None]
         shape = []
         for item in items:
@@ -656,39 +620,44 @@ class ModelLowerer:
             elif isinstance(item, int) and not isinstance(item, bool) and (item >= 1 or item == -1):
                 shape.append(item)
             else:
-                raise Fail(f"reshape: shape must be a list of positive sizes, -1 or symbols, got "
+                raise Fail(f"{op}: {name} must be a list of positive sizes, -1 or symbols, got "
                            f"{self.describe(v if item is None else item)}", span)
-        return self.node("reshape", [x], {"shape": shape}, call.span)
+        return shape
 
-    def lower_transpose(self, op, call, a):
-        x, _ = self.arg_tensor(op, a, "x")
-        v, span = a["perm"]
+    def arg_perm(self, op: str, a: dict, name: str) -> list:
+        v, span = a[name]
         if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
-            raise Fail(f"transpose: perm must be a list of axes, got {self.describe(v)}", span)
-        return self.node("transpose", [x], {"perm": v}, call.span)
+            raise Fail(f"{op}: {name} must be a list of axes, got {self.describe(v)}", span)
+        return v
 
-    def lower_reduce(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        axis = self.arg_axes(op, a, "axis", xt.rank, None, many=True)
-        return self.node(op, [x], {} if axis is None else {"axis": axis}, call.span)
 
-    def lower_softmax(self, op, call, a):
-        x, xt = self.arg_tensor(op, a, "x")
-        return self.node(op, [x], {"axis": self.arg_axes(op, a, "axis", xt.rank, -1)}, call.span)
+class Site:
+    """What a built-in's `build` (`odc.ir.ops.Builtin`) lowers a call with: the lowerer, at
+    one call of the built-in `op`."""
 
-    def lower_matmul(self, op, call, a):
-        operands = [self.arg_tensor(op, a, name)[0] for name in ("a", "b")]
-        return self.node("matmul", operands, {}, call.span)
+    def __init__(self, lowerer: ModelLowerer, op: str, call: ast.Call):
+        self.lw, self.op, self.call = lowerer, op, call
 
-    def lower_dropout(self, op, call, a):
-        x, _ = self.arg_tensor(op, a, "x")
-        p = self.arg_number(op, a, "p")
-        if not 0 <= p < 1:
-            raise Fail(f"dropout: p is a probability in [0, 1), got {p}", a["p"][1])
-        return self.node("dropout", [x], {"p": p}, call.span)
+    def type(self, x: Tensor) -> TensorType:
+        return self.lw.g.type(x.id)
 
-    def lower_unary(self, op, call, a):
-        return self.node(op, [self.arg_tensor(op, a, "x")[0]], {}, call.span)
+    def node(self, irop: str, args: list[Tensor], attrs: dict) -> Tensor:
+        return self.lw.node(irop, args, attrs, self.call.span)
+
+    def features(self, xt: TensorType, rank: int) -> int:
+        return self.lw.features(self.op, xt, rank, self.call.span)
+
+    def fail(self, message: str, hint: str | None = None):
+        raise Fail(message, self.call.span, hint)
+
+    def layer(self, irop: str, x: Tensor, params: list[tuple[str, TensorType, dict]], attrs: dict) -> Tensor:
+        """Type-check a layer, then create its parameters `<op><k>.<role>` (in order) and its node."""
+        lw, span = self.lw, self.call.span
+        t = lw.infer(irop, [lw.g.type(x.id)] + [pt for _, pt, _ in params], attrs, span)
+        lw.counts[self.op] += 1
+        ids = [lw.arg("param", f"{self.op}{lw.counts[self.op]}.{role}", pt, init, span) for role, pt, init in params]
+        lw.check_size(f"the result of {self.op},", t, span)
+        return Tensor(lw.add(irop, [x.id, *ids], attrs, t, span))
 
 
 # -- whole models and files -------------------------------------------------------------------

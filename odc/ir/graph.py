@@ -17,11 +17,10 @@ from typing import Any, Iterable, Union
 import networkx as nx
 
 from odc.errors import Span
+from odc.ir import dtypes
 
 Dim = Union[int, str]  # a concrete size or a symbol such as "N"
 
-DTYPES = ("f32", "f64", "f16", "bf16", "i32", "i64", "u8")
-FLOAT_DTYPES = ("f32", "f64", "f16", "bf16")
 ARG_OPS = ("input", "param", "state")
 
 
@@ -39,7 +38,7 @@ class TensorType:
 
     @property
     def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
+        return dtypes.TABLE[self.dtype].is_float
 
     @property
     def is_concrete(self) -> bool:

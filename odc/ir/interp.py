@@ -14,6 +14,7 @@ import numpy as np
 
 from odc.errors import OdcError
 from odc.ir import ops
+from odc.ir.dtypes import NP_DTYPES
 from odc.ir.graph import ARG_OPS, Graph
 from odc.ir.passes import shape_infer
 
@@ -56,7 +57,7 @@ def run(g: Graph, feeds: dict[str, np.ndarray], dtype=np.float32) -> dict[str, n
             v = np.asarray(feeds[n.name])
         else:
             v = ops.evaluate(n.op, [values[a] for a in n.args], n.attrs)
-        values[nid] = np.asarray(v, dtype=dtype if n.type.is_float else ops.NP_DTYPES[n.type.dtype])
+        values[nid] = np.asarray(v, dtype=dtype if n.type.is_float else NP_DTYPES[n.type.dtype])
         for a in set(n.args):
             if last_use[a] == i and a not in keep:
                 del values[a]

@@ -7,7 +7,7 @@ from odc.errors import CompileError, OdcError, SourceFile, Span
 from odc.ir.graph import Graph, TensorType
 from odc.ir.passes import autodiff, train_mode
 from odc.ir.verify import verify
-from odc.ir.vjp import Emit
+from odc.ir.ops import Emit
 from odc.ir import interp
 
 

@@ -6,6 +6,7 @@ from odc.codegen.builder import I1, VOID, KernelBuilder
 from odc.codegen.kernel import LOWER, Kernel
 from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: F401 (they fill LOWER)
 from odc.errors import OdcError
+from odc.ir import ops
 from odc.ir.graph import Graph
 from odc.ir.passes.fuse import Group, is_elementwise
 from odc.ir.passes.plan_memory import nbytes, output_owners
@@ -19,8 +20,9 @@ def lower_group(g: Graph, grp: Group) -> Kernel:
     node = g.node(head)
     if node.op not in LOWER:
         raise OdcError(f"the compiler cannot generate code for {node.op} on {node.type} yet")
-    if node.type.dtype not in ("f32",) and node.op not in layout.ANY_DTYPE:
-        raise OdcError(f"the compiler generates {node.op} for f32 tensors only, got {node.type}")
+    if node.type.dtype not in ops.get(node.op).dtypes:
+        raise OdcError(f"the compiler generates {node.op} for {', '.join(ops.get(node.op).dtypes)} tensors "
+                       f"only, got {node.type}")
     k = LOWER[node.op](g, head)
     epilogue = [m for m in grp.nodes if m != head]
     if not epilogue:

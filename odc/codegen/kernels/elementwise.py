@@ -17,44 +17,65 @@ from llvmlite import ir
 
 from odc.codegen.builder import KernelBuilder, llvm_type
 from odc.codegen.kernel import Kernel
+from odc.ir import ops
 from odc.ir.graph import Graph
 
 BLOCK = 4096  # elements per parallel block of a flat loop
 
 
-def _relu(kb: KernelBuilder, x):
-    zero = ir.Constant(x.type, 0.0)
-    return kb.b.select(kb.b.fcmp_ordered("<", x, zero), zero, x)
+class Scalar:
+    """The scalar ops that the op catalog's elementwise formulas (`OpDef.scalar`) are written in,
+    emitted as LLVM instructions at one index; a Python number stands for a constant."""
 
+    def __init__(self, kb: KernelBuilder, ty: ir.Type):
+        self.kb, self.b, self.ty = kb, kb.b, ty
+        self.attrs: dict = {}  # the attributes of the node being emitted
 
-def _sign(kb: KernelBuilder, x):
-    one, zero = ir.Constant(x.type, 1.0), ir.Constant(x.type, 0.0)
-    neg = kb.b.select(kb.b.fcmp_ordered("<", x, zero), ir.Constant(x.type, -1.0), x)
-    return kb.b.select(kb.b.fcmp_ordered(">", x, zero), one, neg)
+    def const(self, v) -> ir.Value:
+        return ir.Constant(self.ty, float(v))
 
+    def _v(self, x):
+        return self.const(x) if isinstance(x, (int, float)) else x
 
-def _sigmoid(kb: KernelBuilder, x):
-    one = ir.Constant(x.type, 1.0)
-    return kb.b.fdiv(one, kb.b.fadd(one, kb.exp(kb.b.fneg(x))))
+    def add(self, a, b):
+        return self.b.fadd(self._v(a), self._v(b))
 
+    def sub(self, a, b):
+        return self.b.fsub(self._v(a), self._v(b))
 
-# op -> (emitter(kb, operand values, attrs) -> value, cost in cycles per element)
-OPS = {
-    "relu": (lambda kb, a, at: _relu(kb, a[0]), 0.1),
-    "tanh": (lambda kb, a, at: kb.libm("tanh", a[0]), 20),
-    "sigmoid": (lambda kb, a, at: _sigmoid(kb, a[0]), 2),
-    "exp": (lambda kb, a, at: kb.exp(a[0]), 1),
-    "log": (lambda kb, a, at: kb.unary_math("log", a[0]), 10),
-    "sqrt": (lambda kb, a, at: kb.unary_math("sqrt", a[0]), 1),
-    "abs": (lambda kb, a, at: kb.unary_math("fabs", a[0]), 0.1),
-    "neg": (lambda kb, a, at: kb.b.fneg(a[0]), 0.1),
-    "sign": (lambda kb, a, at: _sign(kb, a[0]), 0.1),
-    "broadcast_to": (lambda kb, a, at: a[0], 0),  # the broadcast is in the operand's strides
-    "add": (lambda kb, a, at: kb.b.fadd(a[0], a[1]), 0.1),
-    "sub": (lambda kb, a, at: kb.b.fsub(a[0], a[1]), 0.1),
-    "mul": (lambda kb, a, at: kb.b.fmul(a[0], a[1]), 0.1),
-    "div": (lambda kb, a, at: kb.b.fdiv(a[0], a[1]), 1),
-}
+    def mul(self, a, b):
+        return self.b.fmul(self._v(a), self._v(b))
+
+    def div(self, a, b):
+        return self.b.fdiv(self._v(a), self._v(b))
+
+    def neg(self, x):
+        return self.b.fneg(self._v(x))
+
+    def lt(self, a, b):
+        return self.b.fcmp_ordered("<", self._v(a), self._v(b))
+
+    def gt(self, a, b):
+        return self.b.fcmp_ordered(">", self._v(a), self._v(b))
+
+    def select(self, cond, a, b):
+        return self.b.select(cond, self._v(a), self._v(b))
+
+    def exp(self, x):
+        return self.kb.exp(self._v(x))
+
+    def log(self, x):
+        return self.kb.unary_math("log", self._v(x))
+
+    def sqrt(self, x):
+        return self.kb.unary_math("sqrt", self._v(x))
+
+    def abs(self, x):
+        return self.kb.unary_math("fabs", self._v(x))
+
+    def libm(self, name: str, x):
+        """A function of the C maths library (tanh, erf, ...)."""
+        return self.kb.libm(name, self._v(x))
 
 
 def contiguous_strides(shape) -> list[int]:
@@ -138,10 +159,11 @@ def kernel(g: Graph, members: list[int], stored: list[int], rows: bool = False) 
     numel = 1
     for d in shape:
         numel *= d
-    cost = numel * (sum(OPS[g.node(m).op][1] for m in members if g.node(m).op in OPS)
-                    + 0.2 * len(operands))
+    cost = numel * (sum(ops.get(g.node(m).op).cost for m in members) + 0.2 * len(operands))
 
     def emit(kb: KernelBuilder, lo, hi):
+        s = Scalar(kb, ty)
+
         def body(offsets):
             off = dict(zip(operands, offsets))
             vals = {}
@@ -153,7 +175,9 @@ def kernel(g: Graph, members: list[int], stored: list[int], rows: bool = False) 
                         value = n.attrs["value"]
                         vals[v] = ir.Constant(ty, float(value) if n.type.is_float else int(value))
                     elif v in member:
-                        vals[v] = OPS[n.op][0](kb, [val(a) for a in n.args], n.attrs)
+                        args = [val(a) for a in n.args]
+                        s.attrs = n.attrs
+                        vals[v] = ops.get(n.op).scalar(s, *args)
                     elif v in kb.consts:
                         vals[v] = ir.Constant(ty, float(kb.consts[v]))
                     else:

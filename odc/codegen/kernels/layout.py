@@ -6,8 +6,6 @@ from odc.codegen.kernels.elementwise import collapse, contiguous_strides, loop_n
 from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 
-ANY_DTYPE = ("transpose", "one_hot")
-
 
 @lowering("transpose")
 def transpose(g: Graph, nid: int) -> Kernel:

@@ -23,9 +23,9 @@ import networkx as nx
 
 from odc.errors import CompileError, Diagnostic, OdcError
 from odc.ir import ops
+from odc.ir.ops import Emit, gradient
 from odc.ir.graph import ARG_OPS, Graph, TensorType
 from odc.ir.passes import dce
-from odc.ir.vjp import Emit, gradient
 
 name = "autodiff"
 summary = "add the label input, the loss and the reverse-mode gradient of every parameter"

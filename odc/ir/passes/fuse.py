@@ -5,7 +5,7 @@ Two kinds of group:
   kernel computes every member at an index in registers and writes to memory only the
   members used outside the group (or returned). Operands from outside may broadcast.
 - an *anchor* group: one op whose kernel computes its result slice by slice along dim 0
-  (convolutions, products, pooling and their gradients: `ANCHORS`) followed by an
+  (convolutions, products, pooling and their gradients: `ANCHORS`, from the op catalog) followed by an
   elementwise *epilogue* of the anchor's result shape (bias + ReLU, the ReLU mask of a
   gradient, an optimizer update); the epilogue runs on each slice right after the anchor
   wrote it, while it is still in cache.
@@ -43,16 +43,17 @@ from odc.ir.graph import ARG_OPS, Graph
 name = "fuse"
 summary = "group elementwise chains, and epilogues into their anchor, as kernels (fuse=K)"
 
-ANCHORS = ("conv2d", "conv2d_grad_input", "linear", "matmul", "maxpool2d", "avgpool2d",
-           "maxpool2d_grad", "avgpool2d_grad")
-ALIASES = ("reshape", "dropout")  # views of their first operand; no code
+# what the op catalog says of each op's code (`OpDef.codegen`)
+ANCHORS = tuple(name for name, d in ops.OPS.items() if d.codegen == "anchor")
+ALIASES = tuple(name for name, d in ops.OPS.items() if d.codegen == "alias")  # views; no code
 
 
 def is_elementwise(g: Graph, nid: int) -> bool:
     """An op computed index by index (``broadcast_to`` too: each result element is an operand
-    element) on floats."""
+    element), in an element type its scalar formula is generated for."""
     n = g.node(nid)
-    return (ops.get(n.op).elementwise or n.op == "broadcast_to") and n.type.dtype in ("f32", "f64")
+    d = ops.get(n.op)
+    return d.elementwise and n.type.dtype in d.dtypes
 
 
 def inlined_const(g: Graph, nid: int) -> bool:

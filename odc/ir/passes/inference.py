@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from odc.ir.graph import Graph, Node
 from odc.ir.passes import dce
-from odc.ir.vjp import Emit
+from odc.ir.ops import Emit
 
 name = "inference"
 summary = "batch norms normalise with their running statistics, as in evaluation"

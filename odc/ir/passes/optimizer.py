@@ -30,7 +30,7 @@ import sys
 from odc.errors import OdcError
 from odc.ir.graph import Graph, TensorType
 from odc.ir.passes import dce
-from odc.ir.vjp import Emit
+from odc.ir.ops import Emit
 
 name = "optimizer"
 summary = "write the train block's optimizer update as elementwise ops over explicit state arguments"

@@ -24,6 +24,7 @@ generation plans each specialised graph.
 from __future__ import annotations
 
 from odc.errors import CompileError, Diagnostic
+from odc.ir import dtypes
 from odc.ir.graph import ARG_OPS, Graph
 from odc.ir.passes.fuse import ALIASES, base_of, groups, inlined_const, is_elementwise
 
@@ -34,12 +35,11 @@ ALIGN = 64
 MAX_ARENA_BYTES = 2 ** 35
 """The most memory one compiled graph may need for its intermediate values (32 GiB): VGG-11's
 training step on 224x224 images at batch 256 needs 9.6 GB; LeNet-5's at batch 1,000,000, 42 GB."""
-ITEMSIZE = {"f32": 4, "f64": 8, "f16": 2, "bf16": 2, "i32": 4, "i64": 8, "u8": 1}
 
 
 def nbytes(g: Graph, nid: int) -> int:
     t = g.type(nid)
-    return t.numel * ITEMSIZE[t.dtype]
+    return t.numel * dtypes.TABLE[t.dtype].size
 
 
 def output_owners(g: Graph) -> dict[int, str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from odc.ir.graph import Graph
 from odc.ir.passes import dce, inference
-from odc.ir.vjp import Emit, count
+from odc.ir.ops.core import Emit, count
 
 name = "train-mode"
 summary = "dropout becomes a product with a mask input; batch norms update their running statistics"
