@@ -606,6 +606,12 @@ class ModelLowerer:
                 out[name] = self.arg_shape(op, a, name)
             elif kind == "perm":
                 out[name] = self.arg_perm(op, a, name)
+            elif kind == "choice":
+                v, span = a[name]
+                if v not in arg.choices:
+                    raise Fail(f"{op}: {name} must be one of {', '.join(map(od_text, arg.choices))}, got "
+                               f"{self.describe(v)}", span)
+                out[name] = v
             else:
                 raise AssertionError(f"{op}: unknown argument kind {kind}")
         return out

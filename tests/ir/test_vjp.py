@@ -18,8 +18,15 @@ from odc.ir import interp
 
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
 H = 1e-6
-UNARY = ["relu", "tanh", "sigmoid", "exp", "log", "sqrt", "abs", "neg", "sign", "dropout"]
-BINARY = ["add", "sub", "mul", "div"]
+UNARY = ["relu", "tanh", "sigmoid", "exp", "log", "sqrt", "abs", "neg", "sign", "dropout", "relu6", "leaky_relu",
+         "elu", "selu", "gelu", "silu", "softplus", "mish", "hardtanh", "hardsigmoid", "hardswish", "clip", "erf",
+         "pow"]
+# attributes of the ops that take some: each set is checked
+ATTRS = {"dropout": [{"p": 0.5}], "leaky_relu": [{"slope": 0.2}, {"slope": -1.5}], "elu": [{"alpha": 1.0}, {"alpha": 0.3}],
+         "gelu": [{"approximate": "none"}, {"approximate": "tanh"}], "hardtanh": [{"lo": -1.0, "hi": 1.0},
+                                                                                 {"lo": -0.5, "hi": 2.0}],
+         "clip": [{"lo": -0.7, "hi": 0.4}], "pow": [{"exponent": 3.0}, {"exponent": 2.5}, {"exponent": -1.0}]}
+BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge"]
 REDUCTIONS = ["sum", "mean", "max"]
 SOFTMAXES = ["softmax", "log_softmax"]
 POOLS = ["maxpool2d", "avgpool2d"]
@@ -93,9 +100,12 @@ small = st.integers(1, 4)
 def test_unary(op, data):
     shape = data.draw(st.lists(small, min_size=0, max_size=3))
     (x,) = randn(data.draw, shape, low=0.1)
-    if op in ("log", "sqrt"):
+    if op in ("log", "sqrt", "pow"):
         x = np.abs(x)
-    check_vjp(op, [x], {"p": 0.5} if op == "dropout" else {}, symbolic=(0,) if shape else ())
+    if op in ("hardsigmoid", "hardswish", "relu6", "softplus"):  # over their kinks too
+        x = x * 4
+    for attrs in ATTRS.get(op, [{}]):
+        check_vjp(op, [x], attrs, symbolic=(0,) if shape else ())
 
 
 def broadcastable(draw):
@@ -113,6 +123,8 @@ def broadcastable(draw):
 def test_binary_with_broadcasting(op, data):
     a_shape, b_shape = broadcastable(data.draw)
     a, b = randn(data.draw, a_shape, b_shape, low=0.5 if op == "div" else None)
+    if op in ("maximum", "minimum", "gt", "ge"):  # no ties (kinks) even when both draws are equal
+        b = b + 0.25
     check_vjp(op, [a, b])
 
 

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 from llvmlite import ir
 
-from odc.codegen.builder import KernelBuilder, llvm_type
+from odc.codegen.builder import F32, KernelBuilder, llvm_type
 from odc.codegen.kernel import Kernel
 from odc.ir import ops
 from odc.ir.graph import Graph
@@ -57,6 +57,19 @@ class Scalar:
 
     def gt(self, a, b):
         return self.b.fcmp_ordered(">", self._v(a), self._v(b))
+
+    def ge(self, a, b):
+        return self.b.fcmp_ordered(">=", self._v(a), self._v(b))
+
+    def maximum(self, a, b):
+        """The larger, or NaN if either is NaN (as torch.maximum)."""
+        return self.kb.maximum(self._v(a), self._v(b))
+
+    def minimum(self, a, b):
+        return self.kb.call(f"llvm.minimum.{'f32' if self.ty == F32 else 'f64'}", self.ty, [self._v(a), self._v(b)])
+
+    def pow(self, x, p):
+        return self.kb.call(f"llvm.pow.{'f32' if self.ty == F32 else 'f64'}", self.ty, [self._v(x), self._v(p)])
 
     def select(self, cond, a, b):
         return self.b.select(cond, self._v(a), self._v(b))

@@ -63,19 +63,20 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Arg:
     """An argument of a built-in. `kind`: tensor, int (>= 1), count (>= 0), number, positive,
-    probability ([0, 1)), bool, axis, axes (one axis or a list), shape, perm. A default of None
-    means "not given" and is shown as `shown`."""
+    probability ([0, 1)), bool, axis, axes (one axis or a list), shape, perm, choice (one of
+    the strings `choices`). A default of None means "not given" and is shown as `shown`."""
     name: str
     kind: str
     default: Any = REQUIRED
     shown: str | None = None
+    choices: tuple[str, ...] = ()  # the strings a `choice` takes
 
     @property
     def usage(self) -> str:
         if self.default is REQUIRED:
             return self.name
         shown = self.shown or ("true" if self.default is True else "false" if self.default is False
-                               else str(self.default))
+                               else f'"{self.default}"' if isinstance(self.default, str) else str(self.default))
         return f"{self.name}={shown}"
 
 
