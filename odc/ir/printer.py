@@ -13,6 +13,13 @@
 Arguments print by name; other values are numbered in print order, so the text depends only on
 the graph's structure and not on internal node ids. Quoted strings (source paths, string
 attributes that are not plain names) are JSON strings, so any path prints and parses back.
+Floats print as Python's `repr` (``inf``, ``-inf`` and ``nan`` included), and a string that
+would read as a number, a boolean or such a float is quoted.
+
+The entries of ``graph.meta`` that belong to the IR (`FUNC_ATTRS`: what memory planning
+leaves for code generation) print as function attributes after the arguments,
+``) attributes {arena_bytes=4096} {``; the rest of the meta (the train recipe, the model's
+hyper-parameters) belongs to the source program and is not printed.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ import re
 from odc.ir.graph import Graph, Node
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*$")
+_WORDS = ("true", "false", "inf", "nan")  # names the parser reads as something else than a string
+FUNC_ATTRS = ("arena_bytes",)
 
 
 def format_value(v) -> str:
@@ -32,7 +41,7 @@ def format_value(v) -> str:
     if isinstance(v, float):
         return repr(v)
     if isinstance(v, str):
-        return v if _IDENT.match(v) and v not in ("true", "false") else json.dumps(v, ensure_ascii=False)
+        return v if _IDENT.match(v) and v not in _WORDS else json.dumps(v, ensure_ascii=False)
     return str(v)
 
 
@@ -55,7 +64,8 @@ def print_graph(g: Graph) -> str:
     lines = [f"func @{g.name}("]
     for a in args:
         lines.append(f"    {a.op} %{a.name}: {a.type}{format_attrs(a.attrs)}{_loc(a)},")
-    lines.append(") {")
+    func_attrs = {k: g.meta[k] for k in FUNC_ATTRS if k in g.meta}
+    lines.append(f") attributes{format_attrs(func_attrs)} {{" if func_attrs else ") {")
     counter = 0
     for nid in g.order():
         n = g.node(nid)

@@ -1,12 +1,13 @@
 """The IR printer and parser round-trip, and the verifier rejects malformed graphs."""
 import json
+import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from odc.errors import OdcError, SourceFile, Span
+from odc.errors import CompileError, OdcError, SourceFile, Span
 from odc.ir.graph import Graph, TensorType
-from odc.ir.passes import shape_infer
+from odc.ir.passes import fuse, plan_memory, shape_infer
 from odc.ir.printer import print_graph
 from odc.ir.textparse import parse_graph
 from odc.ir.verify import IRVerificationError, verify
@@ -124,3 +125,52 @@ def test_string_attributes_with_quotes_and_backslashes_parse_back():
     x = g.add("input", type=TensorType("f32", (2,)), attrs={"note": 'a "b" \\ c'}, name="x")
     g.outputs = [("out", x)]
     assert parse_graph(print_graph(g)).node(x).attrs == {"note": 'a "b" \\ c'}
+
+
+def test_comments_are_skipped():
+    text = ("// after dce\nfunc @M(  // the arguments\n    input %x: f32[2],\n) {\n"
+            "  %0 = relu(%x) : f32[2]  // CHECK: relu\n  return %0 as out\n}\n// the end\n")
+    g = parse_graph(text)
+    assert [n.op for n in g.nodes()] == ["input", "relu"]
+    assert print_graph(g) == "func @M(\n    input %x: f32[2],\n) {\n  %0 = relu(%x) : f32[2]\n  return %0 as out\n}\n"
+
+
+def test_the_memory_plan_prints_as_a_function_attribute_and_parses_back():
+    g = shape_infer.run(_tiny(), {"N": 4})
+    planned = plan_memory.run(fuse.run(g))
+    text = print_graph(planned)
+    assert f") attributes {{arena_bytes={planned.meta['arena_bytes']}}} {{\n" in text and "arena=" in text
+    again = parse_graph(text)
+    assert again.meta == {"arena_bytes": planned.meta["arena_bytes"]}
+    assert print_graph(again) == text
+    assert "attributes" not in print_graph(g)  # the recipe and other meta are not IR
+
+
+def test_non_finite_floats_and_strings_that_look_like_them_parse_back():
+    g = Graph("M")
+    attrs = {"a": math.inf, "b": -math.inf, "c": [1.5, -math.inf], "d": "inf", "e": "-inf", "f": "nan",
+             "g": "info", "h": "true", "i": "attributes", "j": "1.5"}
+    x = g.add("input", type=TensorType("f32", (2,)), attrs=attrs | {"n": math.nan}, name="x")
+    g.outputs = [("out", x)]
+    text = print_graph(g)
+    back = parse_graph(text).node(x).attrs
+    assert math.isnan(back.pop("n")) and back == attrs
+    assert print_graph(parse_graph(text)) == text
+
+
+@pytest.mark.parametrize("text, where, message", [
+    ("func @M(\n    input %x: q8[2],\n) {\n}\n", "2:15", "unknown element type 'q8'"),
+    ("func @M(\n    input %x: f32[2],\n    input %x: f32[2],\n) {\n}\n", "3:11", "%x is defined twice"),
+    ("func @M(\n    input %x: f32[2],\n) {\n  %0 = relu(%x) : f32[2]\n  %0 = relu(%x) : f32[2]\n}\n", "5:3",
+     "%0 is defined twice"),
+    ("func @M(\n    input %x: f32[2],\n) {\n  return %y as out\n}\n", "4:10", "%y is returned but never defined"),
+    ("func @M(\n    input %x: f32[2],\n) {\n  return %x as out\n", "4:19", "the text ends early; expected ',' or '}'"),
+    ("func @M(\n    input %x: f32[2]\n) {\n}\n", "3:1", "unexpected ')'"),
+    ("model M():\n", "1:1", "unexpected 'model'; expected 'func'"),
+])
+def test_parse_errors_point_at_the_text(text, where, message):
+    with pytest.raises(CompileError) as e:
+        parse_graph(text, "in.ir")
+    shown = str(e.value)
+    assert shown.startswith(f"in.ir:{where}: error: IR text: ") and message in shown.splitlines()[0], shown
+    assert "^" in shown  # the line and a caret under the place
