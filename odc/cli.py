@@ -207,12 +207,10 @@ def _bench(a):
     from odc.codegen import jit, num_threads, threads as choice
     from odc.runtime import bench
     from odc.codegen.builder import VW
-    if a.threads:
-        os.environ["ODC_NUM_THREADS"] = str(a.threads)
     prog = odc.load(a.file, model=a.model)
-    threads = num_threads()
+    threads = num_threads(a.threads)
     count = f"{threads} thread{'s' * (threads > 1)}"
-    if choice.fixed() is None and threads > 1:  # the default: see odc.codegen.threads
+    if a.threads is None and choice.fixed() is None and threads > 1:  # the default: see odc.codegen.threads
         count = f"up to {count}, chosen call by call (1 while other processes keep the cores busy)"
     print(f"{prog.name} ({a.file}): {count}, {jit.target()[0]} "
           f"({VW * 32}-bit vectors), median of {a.reps} calls")
@@ -221,10 +219,10 @@ def _bench(a):
     profiles = []
     for batch in a.batch:
         with bench.private_cache():
-            cold, cached = bench.compile_seconds(prog, batch)
-            t = {k: median(v) for k, v in bench.throughput(prog, batch, a.reps).items()}
+            cold, cached = bench.compile_seconds(prog, batch, a.threads)
+            t = {k: median(v) for k, v in bench.throughput(prog, batch, a.reps, a.threads).items()}
             if a.profile:
-                profiles.append((batch, bench.kernel_profile(prog, batch, a.reps)))
+                profiles.append((batch, bench.kernel_profile(prog, batch, a.reps, threads=a.threads)))
         print(f"{batch:>5}  {cold:>10.2f} s  {cached:>6.3f} s  "
               + "  ".join(f"{t[k] * 1e3:8.3f} ms {batch / t[k]:>8,.0f}/s" for k in ("train", "forward")))
     for batch, prof in profiles:

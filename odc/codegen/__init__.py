@@ -7,9 +7,11 @@
 Arguments bind by name (``exe.arg_names``); other names are ignored. Arrays of another dtype
 or layout are converted; a wrong shape is an `OdcError`. Every call returns fresh output
 arrays. The intermediate values live in one arena allocated when the
-executable is created. Threads: ``$ODC_NUM_THREADS``, read when the executable is created,
-fixes their number; by default a call uses all the CPUs this process may use, or one when
-that is faster because other processes keep the cores busy (see `odc.codegen.threads`). `llvm_ir` and `assembly` show the generated code
+executable is created. Threads: ``compile_graph(g, threads=N)`` fixes their number, else
+``$ODC_NUM_THREADS``, read when the executable is created; by default a call uses all the CPUs
+this process may use, or one when that is faster because other processes keep the cores busy
+(see `odc.codegen.threads`). An `odc.Program` takes a fixed count as its executor
+``functools.partial(compile_graph, threads=N)``. `llvm_ir` and `assembly` show the generated code
 of a graph (what ``--emit llvm|asm`` prints); they do not depend on the cache.
 
 ``ODC_PROFILE=1`` (read at each compile; part of the cache key) compiles timers around every
@@ -25,7 +27,8 @@ import time
 
 import numpy as np
 
-from odc.codegen import cache, jit, lower, threads
+from odc.codegen import cache, jit, lower
+from odc.codegen import threads as thread_choice
 from odc.errors import OdcError
 from odc.ir import ops
 from odc.ir.graph import Graph
@@ -34,9 +37,14 @@ from odc.ir.printer import print_graph
 STATUS = {1: "a label is out of range for the number of classes"}
 
 
-def num_threads() -> int:
-    """The most threads a call uses: ``$ODC_NUM_THREADS``, else what the process may use."""
-    return threads.fixed() or threads.available()
+def num_threads(threads: int | None = None) -> int:
+    """The most threads a call uses: `threads` when given, else ``$ODC_NUM_THREADS``, else what
+    the process may use."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise OdcError(f"the thread count must be an integer >= 1, got {threads!r}")
+        return threads
+    return thread_choice.fixed() or thread_choice.available()
 
 
 def profiling() -> bool:
@@ -53,7 +61,10 @@ def _module(g: Graph):
                               profile=profiling())
 
 
-def compile_graph(graph: Graph) -> "Executable":
+def compile_graph(graph: Graph, threads: int | None = None) -> "Executable":
+    """`graph`'s executable; `threads` fixes how many threads each call uses (see `num_threads`)."""
+    if threads is not None:
+        num_threads(threads)  # a bad count is refused before the work of compiling
     g = lower.prepare(graph)
     k = cache.key(print_graph(g), _options(), jit.llvm_version(), *jit.target())
     hit = cache.load(k)
@@ -67,7 +78,7 @@ def compile_graph(graph: Graph) -> "Executable":
         obj = jit.emit_object(jit.optimize(str(module)))
         cache.store(k, obj, {"args": layout.args, "outputs": layout.outputs, "kernels": layout.kernels,
                              "arena_bytes": layout.arena_bytes, "scratch_bytes": layout.scratch_bytes})
-    return Executable(obj, layout)
+    return Executable(obj, layout, threads)
 
 
 def llvm_ir(graph: Graph, optimized: bool = True) -> str:
@@ -82,17 +93,20 @@ def assembly(graph: Graph) -> str:
 
 
 class Executable:
-    """Compiled code for one graph, with its arena; calling it runs the whole graph."""
+    """Compiled code for one graph, with its arena; calling it runs the whole graph. `threads`
+    fixes the thread count of every call; by default ``$ODC_NUM_THREADS`` does, else it is chosen
+    call by call (`odc.codegen.threads.Choice`)."""
 
-    def __init__(self, obj: bytes, layout: lower.Layout):
+    def __init__(self, obj: bytes, layout: lower.Layout, threads: int | None = None):
         self._code = jit.Loaded(obj)
         self._step = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)(
             self._code.address(lower.ENTRY))
         self.layout = layout
         self.arg_names = [a[0] for a in layout.args]
         self.output_names = [o[0] for o in layout.outputs]
-        self.num_threads = num_threads()
-        self.threads = threads.Choice(self.num_threads, adaptive=threads.fixed() is None)
+        self.num_threads = num_threads(threads)
+        self.threads = thread_choice.Choice(self.num_threads,
+                                            adaptive=threads is None and thread_choice.fixed() is None)
         self._args = [(n, np.dtype(ops.NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
         self._last = [(_UNSET, 0)] * len(self._args)  # (array, address) of the previous call
         self._outs, offset = [], 0  # (name, dtype, shape, byte offset in one allocation)

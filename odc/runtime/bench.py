@@ -6,9 +6,12 @@ and code emission), the second finds the entry the first stored (a cache hit: th
 cache lookup and loading the object code). Throughput goes through the public API
 (`Model.train_step`, `Model.forward`), as a training loop calls it, on random data of the
 model's input shape. A time is the median (or minimum) of single calls after a warm-up.
+`threads` fixes the thread count of the compiled code (by default as `odc.codegen.num_threads`
+says).
 """
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -50,13 +53,13 @@ def random_batch(prog, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return x, rng.integers(0, g.type(g.output("logits")).shape[1], batch)
 
 
-def compile_seconds(prog, batch: int) -> tuple[float, float]:
+def compile_seconds(prog, batch: int, threads: int | None = None) -> tuple[float, float]:
     """(cold, cached) seconds to lower and compile the training step and the forward graph.
     Call it inside `private_cache` (an empty cache)."""
     def once():
         t = time.perf_counter()
         for kind in ("train", "forward"):
-            compile_graph(prog.lower(kind, prog.batch_bindings(batch)))
+            compile_graph(prog.lower(kind, prog.batch_bindings(batch)), threads=threads)
         return time.perf_counter() - t
     return once(), once()
 
@@ -72,22 +75,23 @@ def seconds_per_call(fn: Callable[[], object], reps: int, warmup: int = 3) -> li
     return times
 
 
-def throughput(prog, batch: int, reps: int) -> dict[str, list[float]]:
+def throughput(prog, batch: int, reps: int, threads: int | None = None) -> dict[str, list[float]]:
     """Seconds per call of the training step and of inference (the forward pass)."""
-    model = prog.compile(executor=compile_graph)
+    model = prog.compile(executor=functools.partial(compile_graph, threads=threads))
     x, y = random_batch(prog, batch)
     return {"train": seconds_per_call(lambda: model.train_step(x, y), reps),
             "forward": seconds_per_call(lambda: model.forward(x), reps)}
 
 
-def kernel_profile(prog, batch: int, reps: int, kind: str = "train") -> dict[str, float]:
+def kernel_profile(prog, batch: int, reps: int, kind: str = "train",
+                   threads: int | None = None) -> dict[str, float]:
     """Median seconds per call of each kernel of the `kind` graph, compiled with timers
     (``ODC_PROFILE=1``) and called `reps` times on its own, most expensive first; the
     key "total" holds the median time of the whole call."""
     from odc.program import dropout_masks
     g = prog.lower(kind, prog.batch_bindings(batch))
     with private_cache(), environment(ODC_PROFILE="1"):
-        exe = compile_graph(g)
+        exe = compile_graph(g, threads=threads)
     model = prog.compile(executor=compile_graph)  # initial parameters and state
     x, y = random_batch(prog, batch)
     feeds = {g.inputs()[0].name: x, "label": y.astype(np.int32), **model.params, **model.state,
