@@ -529,12 +529,13 @@ class ModelLowerer:
             raise Fail(f"{op} expects a tensor for {name}, got {self.describe(v)}", span)
         return v, self.g.type(v.id)
 
-    def arg_int(self, op: str, a: dict, name: str, default: int | None = None, lo: int = 1) -> int:
+    def arg_int(self, op: str, a: dict, name: str, default: int | None = None, lo: int | None = 1) -> int:
+        """An integer >= lo (any integer with lo None)."""
         if name not in a:
             return default
         v, span = a[name]
-        if not (isinstance(v, int) and not isinstance(v, bool) and v >= lo):
-            kind = "a positive integer" if lo == 1 else "an integer >= 0"
+        if not (isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)):
+            kind = {1: "a positive integer", 0: "an integer >= 0", None: "an integer"}[lo]
             raise Fail(f"{op}: {name} must be {kind}, got {self.describe(v)}", span)
         return v
 
@@ -606,6 +607,20 @@ class ModelLowerer:
                 out[name] = self.arg_shape(op, a, name)
             elif kind == "perm":
                 out[name] = self.arg_perm(op, a, name)
+            elif kind in ("size", "pads"):
+                out[name] = self.arg_size(op, a, name, arg, lo=1 if kind == "size" else 0)
+            elif kind == "integer":
+                out[name] = self.arg_int(op, a, name, lo=None)
+            elif kind == "ints":
+                v, span = a[name]
+                if not (isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+                    raise Fail(f"{op}: {name} must be a list of integers, got {self.describe(v)}", span)
+                out[name] = v
+            elif kind == "tensors":
+                v, span = a[name]
+                if not (isinstance(v, list) and v and all(isinstance(t, Tensor) for t in v)):
+                    raise Fail(f"{op}: {name} must be a list of tensors, e.g. [a, b], got {self.describe(v)}", span)
+                out[name] = v
             elif kind == "choice":
                 v, span = a[name]
                 if v not in arg.choices:
@@ -615,6 +630,17 @@ class ModelLowerer:
             else:
                 raise AssertionError(f"{op}: unknown argument kind {kind}")
         return out
+
+    def arg_size(self, op: str, a: dict, name: str, arg: ops.Arg, lo: int):
+        """An integer >= lo, a pair [h, w] of them, or one of the argument's strings."""
+        v, span = a[name]
+        def ok(i):
+            return isinstance(i, int) and not isinstance(i, bool) and i >= lo
+        if ok(v) or isinstance(v, list) and len(v) == 2 and all(map(ok, v)) or v in arg.choices:
+            return v
+        what = "a positive integer" if lo == 1 else "an integer >= 0"
+        also = "".join(f' or "{c}"' for c in arg.choices)
+        raise Fail(f"{op}: {name} must be {what} or a pair [h, w] of them{also}, got {self.describe(v)}", span)
 
     def arg_shape(self, op: str, a: dict, name: str) -> list:
         v, span = a[name]

@@ -31,6 +31,8 @@ from typing import Any, Callable
 import numpy as np
 
 from odc.errors import CompileError, Diagnostic
+import math
+
 from odc.ir.graph import Dim, Graph, Node, TensorType
 
 
@@ -64,7 +66,9 @@ REQUIRED = object()
 class Arg:
     """An argument of a built-in. `kind`: tensor, int (>= 1), count (>= 0), number, positive,
     probability ([0, 1)), bool, axis, axes (one axis or a list), shape, perm, choice (one of
-    the strings `choices`). A default of None means "not given" and is shown as `shown`."""
+    the strings `choices`), integer (any), ints (a list of integers), tensors (a list of tensors),
+    size (a positive integer or a pair [h, w] of them), pads (the same >= 0, or one of `choices`,
+    e.g. "same"). A default of None means "not given" and is shown as `shown`."""
     name: str
     kind: str
     default: Any = REQUIRED
@@ -166,6 +170,27 @@ def symbolic_numel(shape) -> tuple[int, tuple[str, ...]]:
         else:
             syms.append(d)
     return n, tuple(sorted(syms))
+
+
+def window_out(size: Dim, k: int, stride: int, pad: int, what: str, t: TensorType) -> int:
+    if not isinstance(size, int):
+        raise ShapeError(f"{what} needs concrete spatial sizes, got {t}")
+    out = (size + 2 * pad - k) // stride + 1
+    if size + 2 * pad - k < 0 or out <= 0:
+        conv = what == "conv2d"  # pooling has no padding
+        raise ShapeError(
+            f"{what} with kernel {k}, stride {stride}{f', padding {pad}' if conv else ''} shrinks a "
+            f"spatial size of {size} to {min(out, 0) if size + 2 * pad < k else out}; input {t}",
+            "use a smaller kernel or stride, add padding, or remove a pooling layer" if conv else
+            "use a smaller window, or remove a pooling or strided layer before this one")
+    return out
+
+
+
+def default_init(fan_in: int) -> dict:
+    bound = 1 / math.sqrt(fan_in)  # PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(-b, b)
+    return {"init": "uniform", "lo": -bound, "hi": bound}
+
 
 
 # -- building nodes: derivative rules and passes --------------------------------------------
