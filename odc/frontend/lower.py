@@ -6,7 +6,7 @@ that an input's type or an annotation bound to a dimension). Each built-in call 
 stands for, typed at once by the op's type rule in `odc.ir.ops`, so a shape error is reported
 where it is written. Layers create their parameters as `param` nodes named `<op><k>.weight` and
 `.bias`, numbered per op kind in the order they are reached. A call to a `def` runs the def's body
-in a fresh scope that holds only its arguments: the def is inlined, and every call creates its
+in a fresh scope that holds its arguments and the caller's sizes (`N`): the def is inlined, and every call creates its
 own parameters (an explicit `param NAME` in a def becomes `<def><k>.NAME`, k counting the calls).
 An error in a def's body notes the call that inlined it.
 
@@ -488,7 +488,9 @@ class ModelLowerer:
         self.inlining.append(d.name)
         first = len(self.diags)
         try:
-            out = self.block(d.body, {n: v for n, (v, _) in a.items()}, f"{d.name}{self.counts[d.name]}")
+            # the def's scope: the caller's sizes (N, ...), then its arguments
+            scope = {n: v for n, v in env.items() if isinstance(v, Size)} | {n: v for n, (v, _) in a.items()}
+            out = self.block(d.body, scope, f"{d.name}{self.counts[d.name]}")
         finally:
             self.inlining.pop()
         for diag in self.diags[first:]:
@@ -498,14 +500,36 @@ class ModelLowerer:
         return out
 
     # -- nodes ------------------------------------------------------------------------------
-    def infer(self, op: str, types: list[TensorType], attrs: dict, span: Span) -> TensorType:
+    def infer(self, op: str, args: list[int], types: list[TensorType], attrs: dict, span: Span) -> TensorType:
+        """The type of `op` on operands `args` (node ids) of `types`."""
         try:
             return ops.get(op).infer(types, attrs)
         except ops.ShapeError as err:
-            raise Fail(err.message, span, err.hint) from None
+            fail = Fail(err.message, span, err.hint)
+            if err.history:
+                fail.diagnostic.notes.append(self.history(args[0]))
+            raise fail from None
+
+    def history(self, v: int) -> str:
+        """The spatial sizes (the last two axes) of value `v` from the model's input on, at each
+        line that changed them."""
+        steps = []
+        while True:
+            n = self.g.node(v)
+            t = n.type
+            size = "x".join(map(str, t.shape[2:])) if t.rank == 4 else str(t)
+            if not steps or steps[-1][0] != size:
+                steps.append((size, "the input" if n.op == "input" else n.op, n.span.line if n.span else "?"))
+            elif n.op != "input":
+                steps[-1] = (size, n.op, n.span.line if n.span else "?")
+            if n.op == "input" or not n.args:
+                break
+            v = n.args[0]
+        return "the image sizes up to here: " + " -> ".join(
+            f"{size} ({op}, line {line})" for size, op, line in reversed(steps))
 
     def node(self, op: str, args: list[Tensor], attrs: dict, span: Span) -> Tensor:
-        t = self.infer(op, [self.g.type(a.id) for a in args], attrs, span)
+        t = self.infer(op, [a.id for a in args], [self.g.type(a.id) for a in args], attrs, span)
         self.check_size(f"the result of {op},", t, span)
         return Tensor(self.add(op, [a.id for a in args], attrs, t, span))
 
@@ -685,7 +709,7 @@ class Site:
     def layer(self, irop: str, x: Tensor, params: list[tuple[str, TensorType, dict]], attrs: dict) -> Tensor:
         """Type-check a layer, then create its parameters `<op><k>.<role>` (in order) and its node."""
         lw, span = self.lw, self.call.span
-        t = lw.infer(irop, [lw.g.type(x.id)] + [pt for _, pt, _ in params], attrs, span)
+        t = lw.infer(irop, [x.id], [lw.g.type(x.id)] + [pt for _, pt, _ in params], attrs, span)
         lw.counts[self.op] += 1
         ids = [lw.arg("param", f"{self.op}{lw.counts[self.op]}.{role}", pt, init, span) for role, pt, init in params]
         lw.check_size(f"the result of {self.op},", t, span)

@@ -529,3 +529,40 @@ def test_integers_beyond_a_floats_range_are_too_large(body, needle):
     src = program("return dense(flatten(image), classes)", train="mnist()") + "    optimizer = sgd(1" + "0" * 400 + ")\n"
     d = single(src)
     assert (d.span.line, d.span.col, d.message) == (7, 21, "number too large")
+
+
+def test_alexnet_geometry_on_32x32_images_names_each_size_on_the_way():
+    """The seed project's AlexNet (11x11 stride 4 first) shrank a 32x32 image to nothing at run
+    time; odc stops at the line where it runs out, with the sizes that led there."""
+    src = "\n".join([
+        "model AlexNet(classes = 10):",
+        "    input image: f32[N, 3, 32, 32]",
+        "    x = relu(conv2d(image, out=64, kernel=11, stride=4, pad=2))",
+        "    x = maxpool2d(x, 3, stride=2)",
+        "    x = relu(conv2d(x, out=192, kernel=5, pad=2))",
+        "    x = maxpool2d(x, 3, stride=2)",
+        "    x = relu(conv2d(x, out=384, kernel=3, pad=1))",
+        "    x = relu(conv2d(x, out=256, kernel=3, pad=1))",
+        "    x = maxpool2d(x, 3, stride=2)",
+        "    return dense(flatten(x), classes)", ""])
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 9, "maxpool2d")
+    assert "maxpool2d with kernel 3, stride 2 shrinks a spatial size of 1 to 0" in d.message
+    assert d.notes == ["the image sizes up to here: 32x32 (the input, line 2) -> 7x7 (conv2d, line 3) -> "
+                       "3x3 (maxpool2d, line 4) -> 1x1 (maxpool2d, line 6)"]
+    assert d.hint
+
+
+def test_a_def_sees_the_size_symbols_of_its_caller():
+    src = "\n".join([
+        "def head(x):",
+        "    y: f32[N, 256] = reshape(x, [N, 256])",
+        "    return y",
+        "model M():",
+        "    input image: f32[N, 4, 8, 8]",
+        "    return dense(head(image), 3)", ""])
+    g = parse_source(src, "t.od").models["M"]
+    assert str(g.type(g.output("logits"))) == "f32[N, 3]"
+    wrong = src.replace("reshape(x, [N, 256])", "reshape(x, [M, 256])")
+    d = single(wrong)
+    assert "unknown name 'M'" in d.message and d.span.line == 2

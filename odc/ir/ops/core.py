@@ -37,9 +37,12 @@ from odc.ir.graph import Dim, Graph, Node, TensorType
 
 
 class ShapeError(Exception):
-    def __init__(self, message: str, hint: str | None = None):
+    """A type rule's refusal. `history`: the sizes that the first operand's image went through
+    explain it (the front end then lists them)."""
+
+    def __init__(self, message: str, hint: str | None = None, history: bool = False):
         super().__init__(message)
-        self.message, self.hint = message, hint
+        self.message, self.hint, self.history = message, hint, history
 
 
 @dataclass
@@ -182,7 +185,7 @@ def window_out(size: Dim, k: int, stride: int, pad: int, what: str, t: TensorTyp
             f"{what} with kernel {k}, stride {stride}{f', padding {pad}' if conv else ''} shrinks a "
             f"spatial size of {size} to {min(out, 0) if size + 2 * pad < k else out}; input {t}",
             "use a smaller kernel or stride, add padding, or remove a pooling layer" if conv else
-            "use a smaller window, or remove a pooling or strided layer before this one")
+            "use a smaller window, or remove a pooling or strided layer before this one", history=True)
     return out
 
 
