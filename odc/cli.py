@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import odc
@@ -180,6 +181,160 @@ def _dump_ir(a):
     print((llvm_ir if a.emit == "llvm" else assembly)(g), end="")
 
 
+def _register_opt(sub):
+    p = sub.add_parser("opt", help="run named compiler passes on a model or on text IR, as mlir-opt does",
+                       description="Run the passes PASSES (comma-separated, each with options in braces: "
+                                   "shape-infer{N=32},autodiff{loss=mse},optimizer{name=adam,lr=0.001}) "
+                                   "on FILE and print the IR after the last. FILE is an .od file (its "
+                                   "model's forward graph; its train block gives the passes' defaults) "
+                                   "or text IR as odc prints it; '-' reads standard input. A pass whose "
+                                   "requirement the graph lacks gets it first (noted on stderr). Without "
+                                   "-p, print the input's IR.")
+    p.add_argument("file", metavar="FILE", nargs="?", help="an .od file or text IR, or '-' for standard input")
+    p.add_argument("-p", "--passes", metavar="PASSES", default="", help="the passes to run, in order")
+    p.add_argument("--print-between-passes", action="store_true",
+                   help="print the IR after every pass, each headed '// after NAME'")
+    p.add_argument("--verify-each", action="store_true", help="verify the IR after every pass")
+    p.add_argument("--list-passes", action="store_true", help="print each pass's name and summary, and exit")
+    p.add_argument("--model", metavar="NAME", help="the model to start from when an .od FILE has several")
+    p.set_defaults(func=_opt)
+
+
+def _opt(a):
+    from odc.ir import passes
+    from odc.ir.printer import print_graph
+    from odc.ir.verify import IRVerificationError, verify
+    if a.list_passes:
+        width = max(map(len, passes.REGISTRY))
+        print("\n".join(f"{name:<{width}}  {p.summary}" for name, p in passes.REGISTRY.items()))
+        return
+    if a.file is None:
+        raise OdcError("odc opt needs a FILE (an .od file, text IR, or '-' for standard input)")
+    pipeline = parse_pipeline(a.passes)  # a bad -p is refused before any work
+    for name, opts in pipeline:
+        passes.check_options(name, opts)
+    g, defaults, source = _opt_input(a.file, a.model)
+    try:
+        verify(g)  # text IR comes from anywhere; the passes may assume a well-formed graph
+    except IRVerificationError as e:
+        raise OdcError(f"{source}: error: {e}") from None
+    stages = []
+    for name, opts in pipeline:  # one at a time: a pass named twice may take other options each time
+        try:
+            stages += passes.run_passes(stages[-1][1] if stages else g, [name], _pass_options(defaults, name, opts),
+                                        a.verify_each or None, lambda line: print(f"note: {line}", file=sys.stderr))
+        except IRVerificationError as e:  # a compiler bug, but the input is at hand: no traceback
+            raise OdcError(f"after pass {name}: {e}") from None
+    if a.print_between_passes:
+        print("".join(f"// after {name}\n{print_graph(after)}" for name, after in stages), end="")
+    else:
+        print(print_graph(stages[-1][1] if stages else g), end="")
+
+
+def _opt_input(path: str, model: str | None):
+    """The graph that `odc opt` starts from, the options its source gives the passes, and the
+    source's name for messages."""
+    from odc.frontend import parse_source
+    from odc.ir.textparse import parse_graph
+    from odc.program import Program
+    if path == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+    else:
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                text, name = f.read(), path
+        except FileNotFoundError:
+            raise OdcError(f"{path}: error: no such file") from None
+        except UnicodeDecodeError:
+            raise OdcError(f"{path}: error: not a UTF-8 text file") from None
+        except OSError as e:
+            raise OdcError(f"{path}: error: cannot read: {e.strerror}") from None
+    if is_ir(text):
+        if model is not None:
+            raise OdcError(f"--model picks a model of an .od file; {name} is IR of one function")
+        return parse_graph(text, name), {}, name
+    module = parse_source(text, name)
+    prog = Program(module.lower(model), module.source)
+    return prog.graph, prog.options(), name
+
+
+def is_ir(text: str) -> bool:
+    """Is `text` IR (its first line that is neither blank nor a // comment starts with `func`)
+    rather than an .od program?"""
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("//"):
+            return line.startswith("func")
+    return False
+
+
+def _pass_options(defaults: dict[str, dict], name: str, opts: dict) -> dict[str, dict]:
+    """The keyword arguments of the passes, for running pass `name` with the options `opts` that
+    -p gives it: the source's defaults, with `opts` over them (an optimizer named in -p other
+    than the train block's takes none of its hyper-parameters; shape-infer's options are its
+    bindings)."""
+    options = {k: dict(v) for k, v in defaults.items()}
+    if name == "shape-infer":
+        opts = {"bindings": opts}
+    base = options.get(name, {})
+    if name == "optimizer" and "name" in opts and opts["name"] != base.get("name"):
+        base = {}
+    options[name] = {**base, **opts}
+    return options
+
+
+_PASS = re.compile(r"\s*([A-Za-z][A-Za-z0-9_-]*)\s*(?:\{([^{}]*)\}\s*)?")
+_OPTION = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=\s*([^=\s](?:[^=]*[^=\s])?)\s*$")
+
+
+def parse_pipeline(text: str) -> list[tuple[str, dict]]:
+    """The -p text `a,b{k=v,k2=v2},c` as [(pass name, {option: value})], the names checked. A
+    value reads as an integer, a float, true or false, else as the string it is."""
+    from odc.ir import passes
+    out, pos = [], 0
+    if not text.strip():
+        return out
+    while True:
+        m = _PASS.match(text, pos)
+        if not m:
+            _bad_pipeline(text, pos)
+        name, body = m.group(1), m.group(2)
+        passes.get(name)
+        opts = {}
+        for item in body.split(",") if body and body.strip() else ():
+            o = _OPTION.match(item)
+            if not o:
+                raise OdcError(f"cannot read the option {item.strip()!r} of pass {name}; write option=value")
+            if o.group(1) in opts:
+                raise OdcError(f"pass {name}: option {o.group(1)} is given twice")
+            opts[o.group(1)] = _option_value(o.group(2))
+        out.append((name, opts))
+        pos = m.end()
+        if pos == len(text):
+            break
+        if text[pos] != ",":
+            _bad_pipeline(text, pos)
+        pos += 1
+    return out
+
+
+def _bad_pipeline(text: str, pos: int):
+    where = repr(text[pos:]) if text[pos:].strip() else "its end"
+    raise OdcError(f"cannot read the pass list {text!r} at {where}; write it as "
+                   "name,name{option=value,option=value},...")
+
+
+def _option_value(text: str):
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _register_bench(sub):
     p = sub.add_parser("bench", help="compile times and throughput of a model's compiled code",
                        description="Compile the model's training step and forward pass for each batch "
@@ -314,7 +469,7 @@ def _check(a):
 
 # in the order `odc --help` lists them: the main job first, then the compiler's tools
 COMMANDS = [_register_compile_and_train, _register_eval, _register_predict, _register_check, _register_dump_ir,
-            _register_gradcheck, _register_bench, _register_data, _register_cache]
+            _register_opt, _register_gradcheck, _register_bench, _register_data, _register_cache]
 
 
 def main(argv=None) -> int:
