@@ -10,9 +10,11 @@ pointer per distinct memory region it touches (so ``noalias`` holds: values shar
 in place share the parameter), and it computes iterations ``[lo, hi)`` of its outermost,
 parallel loop. The entry point calls it once over the whole range, or, when its estimated
 work is above `PARALLEL_COST` and more than one thread is asked for, it starts libgomp
-threads with ``GOMP_parallel`` on an outlined ``@kN.omp(ptr %ctx)`` that splits the range
+threads with ``GOMP_parallel`` on an outlined ``@kN.ompEXTENT(ptr %ctx)`` that splits the range
 evenly by thread number (how clang lowers ``#pragma omp parallel``). Each thread gets its
-own slice of the scratch area at the end of the arena.
+own slice of the scratch area at the end of the arena. Kernels whose code is the same (layers
+of the same shape, as in a ResNet's stages) share one function, so LLVM optimises and emits
+each distinct kernel once.
 
 With ``profile=True`` the entry point reads ``clock_gettime(CLOCK_MONOTONIC)`` before and
 after each kernel (all its threads included) and adds the nanoseconds to the kernel's slot of
@@ -101,6 +103,8 @@ def build_module(g: Graph, triple: str = "", data_layout: str = "",
             sb.call("clock_gettime", I32, [ir.Constant(I32, 1), timespec])  # CLOCK_MONOTONIC
             sec, nsec = sb.get(timespec), sb.load(timespec, 1, I64)
             return sb.b.add(sb.b.mul(sec, ir.Constant(I64, 1_000_000_000)), nsec)
+    bodies: dict[str, ir.Function] = {}  # a kernel's code (its name left out) -> its function
+    outlined: dict[tuple[str, int], ir.Function] = {}
     for n, k in enumerate(lowered):
         keys = []
         for v in k.values:
@@ -111,13 +115,20 @@ def build_module(g: Graph, triple: str = "", data_layout: str = "",
             keys.append(("status",))
         names.append(f"k{n}." + ".".join(k.names))
         fn = _kernel_function(module, g, k, keys, names[-1])
+        body = str(fn).replace(f'@"{fn.name}"', "@").replace(f"@{fn.name}(", "@(")
+        if body in bodies:  # the same code as an earlier kernel (layers of the same shape): share it
+            del module.globals[fn.name]
+            fn = bodies[body]
+        bodies.setdefault(body, fn)
         ptrs = [base_ptr(1) if key == ("status",) else region(key) for key in keys]
         lo, hi = ir.Constant(I64, 0), ir.Constant(I64, k.extent)
         start = now() if profile else None
         if not threads or k.cost < PARALLEL_COST or k.extent < 2:
             sb.b.call(fn, ptrs + [lo, hi, scratch_base])
         else:
-            omp = _outlined(module, fn, len(ptrs), k.extent, scratch)
+            if (fn.name, k.extent) not in outlined:
+                outlined[fn.name, k.extent] = _outlined(module, fn, len(ptrs), k.extent, scratch)
+            omp = outlined[fn.name, k.extent]
             nt = sb.b.select(sb.b.icmp_signed("<", nthreads, ir.Constant(I32, k.extent)),
                              nthreads, ir.Constant(I32, k.extent))
             with sb.b.if_else(sb.b.icmp_signed(">", nt, ir.Constant(I32, 1))) as (par, seq):
@@ -168,8 +179,8 @@ def _key(g: Graph, v):
 
 
 def _outlined(module, fn: ir.Function, nptrs: int, extent: int, scratch: int) -> ir.Function:
-    """``void fn.omp(ptr ctx)``: this thread's share of [0, extent) and of the scratch area."""
-    omp = ir.Function(module, ir.FunctionType(VOID, [PTR]), fn.name + ".omp")
+    """``void fn.ompEXTENT(ptr ctx)``: this thread's share of [0, extent) and of the scratch area."""
+    omp = ir.Function(module, ir.FunctionType(VOID, [PTR]), f"{fn.name}.omp{extent}")
     omp.linkage = "internal"
     kb = KernelBuilder(omp)
     b = kb.b
