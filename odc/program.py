@@ -161,7 +161,10 @@ class Model:
 
     # -- the public entry points ------------------------------------------------------------
     def forward(self, x) -> np.ndarray:
-        """Logits for a batch of inputs of any size."""
+        """Logits for a batch of inputs of any size. Its examples are independent (batch norms
+        use their running statistics, there is no dropout), so a batch smaller than one already
+        compiled runs in that code, padded with zeros, rather than compiling again (the last
+        batch of an evaluation)."""
         return self._run("forward", x)["logits"]
 
     def loss_and_grads(self, x, y) -> tuple[float, dict[str, np.ndarray]]:
@@ -220,8 +223,15 @@ class Model:
             raise OdcError(f"input '{image.name}' got an empty batch (an array of shape "
                            f"{list(feeds[image.name].shape)}); a batch holds at least one image")
         key = (kind, target, tuple(sorted(bindings.items())))
+        batch = len(feeds[image.name])
+        larger = self._larger_forward(key, batch) if kind == "forward" else None
+        if larger is not None:  # examples are independent here: run padded in the compiled code
+            (sym, size), = larger[2]
+            pad = np.zeros((size - batch, *feeds[image.name].shape[1:]), feeds[image.name].dtype)
+            out = self._compiled[larger]({image.name: np.concatenate([feeds[image.name], pad]),
+                                          **self.params, **self.state})
+            return {name: v[:batch] for name, v in out.items()}
         if key not in self._compiled:
-            batch = len(feeds[image.name])
             if kind != "forward":
                 self._refuse_one_value_per_channel(batch)
             what = f"{self.program.name} {WHAT[kind]} for batch {batch}"
@@ -233,6 +243,16 @@ class Model:
                 self.log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
         feeds.update(dropout_masks(g, bindings, self.rng))
         return self._compiled[key]({**feeds, **self.params, **self.state})
+
+    def _larger_forward(self, key: tuple, batch: int) -> tuple | None:
+        """The smallest compiled forward pass for more than `batch` examples, when `key` (a
+        forward pass whose only size symbol is the batch) is not compiled itself."""
+        if key in self._compiled or len(key[2]) != 1:
+            return None
+        sym = key[2][0][0]
+        bigger = [k for k in self._compiled if k[:2] == key[:2] and len(k[2]) == 1 and k[2][0][0] == sym
+                  and k[2][0][1] > batch]
+        return min(bigger, key=lambda k: k[2][0][1], default=None)
 
     def _refuse_one_value_per_channel(self, batch: int) -> None:
         bn = self.one_value_per_channel(batch)

@@ -72,3 +72,22 @@ def test_compile_events_go_to_log_and_are_quiet_by_default(tmp_path, capsys):
     assert re.findall(pattern, "\n".join(lines)) == [("train step", "3"), ("forward pass", "2"),
                                                      ("loss and gradients", "3")]
     assert len(lines) == 6 and capsys.readouterr() == ("", "")
+
+
+def test_a_smaller_forward_batch_runs_in_the_code_of_a_larger_one(tmp_path):
+    """Examples of a forward pass are independent, so the last batch of an evaluation needs no
+    compile of its own: the results are those of the batch it is padded into, row for row."""
+    lines = []
+    model, _ = norm_model(tmp_path, kernel=5, log=lines.append)
+    model.train_step(np.random.default_rng(1).random((4, 1, 28, 28), np.float32), [0, 1, 2, 3])  # running stats
+    x = np.random.default_rng(0).random((9, 1, 28, 28), np.float32)
+    full = model.forward(x)
+    compiles = len(lines)
+    for n in (8, 3, 1):
+        np.testing.assert_array_equal(model.forward(x[:n]), full[:n])
+    assert len(lines) == compiles
+    reference = norm_model(tmp_path, kernel=5, executor=interp.compile_graph)[0]
+    reference.params, reference.state = model.params, model.state
+    np.testing.assert_allclose(model.forward(x[:3]), reference.forward(x[:3]), rtol=1e-5, atol=1e-6)
+    model.forward(np.concatenate([x, x]))  # a larger batch compiles
+    assert len(lines) == compiles + 2
