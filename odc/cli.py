@@ -203,7 +203,7 @@ def _register_opt(sub):
 def _opt(a):
     from odc.ir import passes
     from odc.ir.printer import print_graph
-    from odc.ir.verify import IRVerificationError, verify
+    from odc.ir.verify import IRVerificationError
     if a.list_passes:
         width = max(map(len, passes.REGISTRY))
         print("\n".join(f"{name:<{width}}  {p.summary}" for name, p in passes.REGISTRY.items()))
@@ -214,10 +214,7 @@ def _opt(a):
     for name, opts in pipeline:
         passes.check_options(name, opts)
     g, defaults, source = _opt_input(a.file, a.model)
-    try:
-        verify(g)  # text IR comes from anywhere; the passes may assume a well-formed graph
-    except IRVerificationError as e:
-        raise OdcError(f"{source}: error: {e}") from None
+    _verify_input(g, source)
     stages = []
     for name, opts in pipeline:  # one at a time: a pass named twice may take other options each time
         try:
@@ -229,6 +226,41 @@ def _opt(a):
         print("".join(f"// after {name}\n{print_graph(after)}" for name, after in stages), end="")
     else:
         print(print_graph(stages[-1][1] if stages else g), end="")
+
+
+def _verify_input(g, source: str) -> None:
+    """Verify the graph `odc opt` starts from: text IR comes from anywhere, and the passes may
+    assume a well-formed graph. A type rule that fails on operands or attributes its op never
+    has in graphs odc makes (a missing attribute, one operand too few) is reported at its node,
+    as the verifier reports the rest."""
+    from odc.ir import ops
+    from odc.ir.graph import ARG_OPS
+    from odc.ir.printer import format_attrs, value_names
+    from odc.ir.verify import IRVerificationError, verify
+    try:
+        verify(g)
+        return
+    except IRVerificationError as e:
+        raise OdcError(f"{source}: error: {e}") from None
+    except Exception as e:  # not a verdict: a type rule crashed; find it
+        crash = e
+    names = value_names(g)
+    for n in g.nodes():
+        if n.op in ARG_OPS or n.op not in ops.OPS:
+            continue
+        try:
+            ops.get(n.op).infer([g.type(a) for a in n.args], n.attrs)
+        except ops.ShapeError:
+            pass
+        except KeyError as e:
+            crash = f"{names[n.id]} ({n.op}): no attribute {e.args[0]}"
+            break
+        except Exception as e:
+            crash = (f"{names[n.id]} ({n.op}): {n.op} does not take {len(n.args)} operand"
+                     f"{'s' * (len(n.args) != 1)} with {format_attrs(n.attrs).strip() or 'no attributes'} "
+                     f"({type(e).__name__}: {e})")
+            break
+    raise OdcError(f"{source}: error: IR of @{g.name} is malformed:\n  {crash}") from None
 
 
 def _opt_input(path: str, model: str | None):

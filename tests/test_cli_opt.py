@@ -170,7 +170,11 @@ def test_bad_passes_options_and_files_are_clean_errors(argv, message, capsys, mo
 
 
 @pytest.mark.parametrize("text, message", [
-    (BROKEN, "<stdin>: error: IR of @M is malformed:\n  %1 (relu): type f32[N, 3] but its operands give f32[N, 4]"),
+    (BROKEN, "<stdin>: error: IR of @M is malformed:\n  %"),
+    (BROKEN, " (relu): type f32[N, 3] but its operands give f32[N, 4]"),
+    (BROKEN.replace("relu(%x) : f32[N, 3]", "relu() : f32[N, 4]"),
+     "malformed:\n  %0 (relu): relu does not take 0 operands with no attributes"),
+    (BROKEN.replace("relu(%x) : f32[N, 3]", "reshape(%x) : f32[N, 4]"), "malformed:\n  %0 (reshape): no attribute shape"),
     (BROKEN.replace("relu", "frobnicate"), "(frobnicate): unknown op"),
     (BROKEN.replace(") {", ")) {"), "<stdin>:3:2: error: IR text: unexpected ')'"),
     (BROKEN.replace("%x) :", "%y) :"), "<stdin>:4:13: error: IR text: value %y used before it is defined"),

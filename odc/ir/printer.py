@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import re
 
-from odc.ir.graph import Graph, Node
+from odc.ir.graph import ARG_OPS, Graph, Node
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*$")
 _WORDS = ("true", "false", "inf", "nan")  # names the parser reads as something else than a string
@@ -56,23 +56,30 @@ def _loc(node: Node) -> str:
     return f"  loc({json.dumps(s.path, ensure_ascii=False)}:{s.line}:{s.col})" if s is not None else ""
 
 
+def value_names(g: Graph) -> dict[int, str]:
+    """The name each node prints as: ``%name`` for an argument, ``%0``, ``%1``, ... for the
+    other nodes in print order (messages about a graph can name values as its text does)."""
+    names = {a.id: f"%{a.name}" for a in g.args_of()}
+    counter = 0
+    for nid in g.order():
+        if nid not in names:
+            names[nid] = f"%{counter}"
+            counter += 1
+    return names
+
+
 def print_graph(g: Graph) -> str:
-    names: dict[int, str] = {}
+    names = value_names(g)
     args = g.args_of()
-    for a in args:
-        names[a.id] = f"%{a.name}"
     lines = [f"func @{g.name}("]
     for a in args:
         lines.append(f"    {a.op} %{a.name}: {a.type}{format_attrs(a.attrs)}{_loc(a)},")
     func_attrs = {k: g.meta[k] for k in FUNC_ATTRS if k in g.meta}
     lines.append(f") attributes{format_attrs(func_attrs)} {{" if func_attrs else ") {")
-    counter = 0
     for nid in g.order():
         n = g.node(nid)
-        if nid in names:
+        if n.op in ARG_OPS:
             continue
-        names[nid] = f"%{counter}"
-        counter += 1
         operands = ", ".join(names[a] for a in n.args)
         ty = f" : {n.type}" if n.type is not None else ""
         lines.append(f"  {names[nid]} = {n.op}({operands}){format_attrs(n.attrs)}{ty}{_loc(n)}")
