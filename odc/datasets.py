@@ -14,7 +14,8 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 # kind -> its arguments as a train block writes them (the arguments are strings)
-KINDS = {"emnist": "split", "mnist": "", "fashion_mnist": "", "idx": "dir"}
+KINDS = {"emnist": "split", "mnist": "", "fashion_mnist": "", "idx": "dir", "cifar10": ""}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 GREY_28 = (1, 28, 28)
 
 
@@ -22,9 +23,9 @@ def classes(kind: str, *args: str) -> int | None:
     """The class count of a data set, None where only loading it tells (an idx folder)."""
     if kind == "emnist":
         return EMNIST_CLASSES.get(args[0]) if args else None
-    return {"mnist": 10, "fashion_mnist": 10}.get(kind)
+    return {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}.get(kind)
 
 
 def image_shape(kind: str, *args: str) -> tuple[int, int, int] | None:
     """[channels, height, width] of the images, None where only loading tells."""
-    return GREY_28 if kind in ("emnist", "mnist", "fashion_mnist") else None
+    return GREY_28 if kind in ("emnist", "mnist", "fashion_mnist") else (3, 32, 32) if kind == "cifar10" else None

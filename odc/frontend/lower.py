@@ -255,6 +255,15 @@ class ModelLowerer:
         if not t.rank:
             raise Fail(f"the input is a batch of images, so its dimension 0 is the batch size; got {t}",
                        st.type.span, "e.g. input image: f32[N, 1, 28, 28]")
+        image = self.recipe.image if self.recipe else None
+        if image is not None and tuple(t.shape[1:]) != image:
+            data = self.recipe.spans["data"]
+            want = f"f32[{t.shape[0]}, {', '.join(map(str, image))}]"
+            fail = Fail(f"the input {t} does not fit the images of {self.recipe.data_text}, which are "
+                        f"[{', '.join(map(str, image))}] (channels, height, width)", st.type.span,
+                        f"declare input {st.name}: {want}, or train on another data set")
+            fail.diagnostic.notes.append(f"the data set is chosen at {data}")
+            self.diags.append(fail.diagnostic)  # the input is still what it says: lowering goes on
         return Tensor(self.arg("input", st.name, t, {}, st.span))
 
     def param_stmt(self, st: ast.Param, env: dict, prefix: str | None) -> Tensor:

@@ -30,6 +30,7 @@ class Recipe:
     model: str
     data: tuple | None = None  # ("emnist", SPLIT), ("mnist",), ("fashion_mnist",) or ("idx", DIR)
     classes: int | None = None  # the data set's class count, None where unknown before loading
+    image: tuple[int, int, int] | None = None  # [channels, height, width] of its images, where known
     loss: str = "cross_entropy"
     optimizer: str = DEFAULT["name"]
     optimizer_args: dict = field(  # the optimizer's hyper-parameters
@@ -97,7 +98,7 @@ def _set_data(r: Recipe, e: ast.Expr) -> None:
             raise Fail(f"unknown EMNIST split {od_text(v)}", span,
                        did_you_mean(v, EMNIST_SPLITS) or f"one of {', '.join(EMNIST_SPLITS)}")
     r.data = (kind, *(v for v, _ in args.values()))
-    r.classes = datasets.classes(*r.data)
+    r.classes, r.image = datasets.classes(*r.data), datasets.image_shape(*r.data)
 
 
 def _set_loss(r: Recipe, e: ast.Expr) -> None:

@@ -285,7 +285,7 @@ def test_errors_in_several_models_and_train_blocks_come_in_source_order():
            + "\ntrain K:\n    data = mnist()\n    epoch = 3\n")
     err = errors(src)
     assert [(d.span.line, d.message.split(" ")[0]) for d in err.diagnostics] == [
-        (3, "M"), (10, "unknown"), (11, "K"), (15, "unknown")]
+        (3, "M"), (9, "the"), (10, "unknown"), (11, "K"), (15, "unknown")]  # 9: K's input is no 1x28x28 image
     assert err.diagnostics[-1].hint == "did you mean 'epochs'?"
 
 
@@ -330,7 +330,7 @@ def test_errors_in_several_models_and_train_blocks_come_in_source_order():
      "the train block of M sets no data"),
     (program("return dense(flatten(image), classes)", train='emnist("balanse")'), 6, '"balanse"',
      'unknown EMNIST split "balanse"'),
-    (program("return dense(flatten(image), classes)", train='cifar10()'), 6, "cifar10", "unknown data set 'cifar10'"),
+    (program("return dense(flatten(image), classes)", train='svhn()'), 6, "svhn", "unknown data set 'svhn'"),
     (program("return dense(flatten(image), classes)", train="mnist()") + "    optimizer = sgd(lr=0.1, nesterov=true)\n",
      7, "sgd", "sgd: nesterov needs a momentum > 0"),
     (program("return dense(flatten(image), classes)", train="mnist()") + "    epochs = 0\n", 7, "0",
@@ -566,3 +566,15 @@ def test_a_def_sees_the_size_symbols_of_its_caller():
     wrong = src.replace("reshape(x, [N, 256])", "reshape(x, [M, 256])")
     d = single(wrong)
     assert "unknown name 'M'" in d.message and d.span.line == 2
+
+
+def test_a_model_whose_input_does_not_fit_the_data_set_is_an_error_at_the_input():
+    src = program("return dense(flatten(image), classes)", train="cifar10()")
+    d = single(src)
+    assert (d.span.line, d.span.col) == where(src, 2, "f32[N, 1, 28, 28]")
+    assert d.message == ("the input f32[N, 1, 28, 28] does not fit the images of cifar10(), which are "
+                         "[3, 32, 32] (channels, height, width)")
+    assert d.notes == ["the data set is chosen at t.od:6:5"]
+    assert d.hint == "declare input image: f32[N, 3, 32, 32], or train on another data set"
+    fits = src.replace("f32[N, 1, 28, 28]", "f32[N, 3, 32, 32]")
+    assert parse_source(fits, "t.od").recipes["M"].image == (3, 32, 32)
