@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from odc.codegen.builder import ACCUMULATORS, REGISTERS, VW, KernelBuilder, vec
 from odc.codegen.kernel import Kernel, lowering
+from odc.codegen.kernels.elementwise import broadcast_strides, contiguous_strides, loop_nest
 from odc.ir.graph import Graph
 
 
@@ -111,42 +112,72 @@ def tile_shape(m: int, n: int) -> tuple[int, int]:
     return -(-m // blocks), nv
 
 
+def gemm_rows(kb: KernelBuilder, a, b, c, lo, hi, k: int, n: int, mr: int, nv_max: int) -> None:
+    """Rows [lo, hi) of C = A[., k] @ B[k, n], all three row-major from the pointers given."""
+    def tile(r0, rows):
+        a_ptrs = [kb.gep(a, kb.mul(kb.add(r0, r), k)) for r in range(rows)]
+        c_ptrs = [kb.gep(c, kb.mul(kb.add(r0, r), n)) for r in range(rows)]
+
+        def cols(c0, nv, lanes):
+            b_load = contiguous_b(kb, kb.gep(b, c0), lanes, nv)
+            accs = outer_product(kb, a_ptrs, [(k, 1, n)], b_load, nv)
+            store_tile(kb, accs, [kb.gep(p, c0) for p in c_ptrs], lanes)
+        col_tiles(kb, n, nv_max, cols)
+
+    row_blocks(kb, lo, hi, mr, tile)
+
+
 @lowering("matmul")
 def matmul(g: Graph, nid: int) -> Kernel:
-    """C[M, N] = A[M, K] @ B[K, N] (A's leading dims flattened into M)."""
+    """C[..., M, N] = A[..., M, K] @ B[..., K, N], the batch axes broadcast. With one right
+    matrix (B 2-D, or its batch axes all 1) A's leading axes are rows of one product; else each
+    matrix of the batch is a product of its own, A and B read at their broadcast strides. The
+    parallel range is dim 0 of C."""
     node = g.node(nid)
     a, bm = node.args
-    k, n = g.type(bm).shape
-    out = node.type.shape
-    rows_per = 1
-    for d in out[1:-1]:
-        rows_per *= d
-    m = out[0] * rows_per
-    mr, nv_max = tile_shape(m, n)
+    sa, sb, out = g.type(a).shape, g.type(bm).shape, node.type.shape
+    k, n = sb[-2:]
+    m = out[-2]
+    if all(d == 1 for d in sb[:-2]):
+        rows_per = 1
+        for d in out[1:-1]:
+            rows_per *= d
+        mr, nv_max = tile_shape(out[0] * rows_per, n)
 
-    def emit(kb: KernelBuilder, lo, hi):
-        def tile(r0, rows):
-            a_ptrs = [kb.gep(kb.ptr(a), kb.mul(kb.add(r0, r), k)) for r in range(rows)]
-            c_ptrs = [kb.gep(kb.ptr(nid), kb.mul(kb.add(r0, r), n)) for r in range(rows)]
+        def emit(kb: KernelBuilder, lo, hi):
+            gemm_rows(kb, kb.ptr(a), kb.ptr(bm), kb.ptr(nid), kb.mul(lo, rows_per), kb.mul(hi, rows_per),
+                      k, n, mr, nv_max)
+    else:
+        mr, nv_max = tile_shape(m, n)
+        batch = out[:-2]
+        strides = [[s * m * k for s in broadcast_strides(sa[:-2], batch)],
+                   [s * k * n for s in broadcast_strides(sb[:-2], batch)],
+                   [s * m * n for s in contiguous_strides(batch)]]
 
-            def cols(c0, nv, lanes):
-                b_load = contiguous_b(kb, kb.gep(kb.ptr(bm), c0), lanes, nv)
-                accs = outer_product(kb, a_ptrs, [(k, 1, n)], b_load, nv)
-                store_tile(kb, accs, [kb.gep(p, c0) for p in c_ptrs], lanes)
-            col_tiles(kb, n, nv_max, cols)
+        def emit(kb: KernelBuilder, lo, hi):
+            def product(offsets):
+                pa, pb, pc = (kb.gep(kb.ptr(v), o) for v, o in zip((a, bm, nid), offsets))
+                gemm_rows(kb, pa, pb, pc, kb.i64(0), kb.i64(m), k, n, mr, nv_max)
+            loop_nest(kb, batch, strides, lo, hi, None, product)
 
-        row_blocks(kb, kb.mul(lo, rows_per), kb.mul(hi, rows_per), mr, tile)
-
-    return Kernel([a, bm, nid], out[0], m * n * k / 24, emit, names=["matmul"])
+    numel = 1
+    for d in out[:-1]:
+        numel *= d
+    return Kernel([a, bm, nid], out[0], numel * n * k / 24, emit, names=["matmul"])
 
 
 @lowering("linear")
 def linear(g: Graph, nid: int) -> Kernel:
-    """y[B, O] = x[B, I] @ w[O, I].T (+ b): dot tiles along I."""
+    """y[B, O] = x[B, I] @ w[O, I].T (+ b): dot tiles along I. A 3-D x [B, T, I] is B*T rows;
+    the parallel range is B."""
     node = g.node(nid)
     x, w = node.args[:2]
     bias = node.args[2] if len(node.args) == 3 else None
-    rows, inner = g.type(x).shape
+    xs = g.type(x).shape
+    inner, rows_per = xs[-1], 1
+    for d in xs[1:-1]:
+        rows_per *= d
+    rows = xs[0] * rows_per
     outs = g.type(w).shape[0]
     mr = nr = 4 if REGISTERS == 32 else 3  # mr*nr accumulators, mr + nr operands
 
@@ -171,8 +202,8 @@ def linear(g: Graph, nid: int) -> Kernel:
             if outs % nr:
                 block(outs // nr * nr, outs % nr)
 
-        row_blocks(kb, lo, hi, mr, tile)
+        row_blocks(kb, kb.mul(lo, rows_per), kb.mul(hi, rows_per), mr, tile)
 
     values = [x, w, nid] + ([bias] if bias is not None else [])
-    return Kernel(values, rows, rows * outs * inner / 24, emit, names=["linear"])
+    return Kernel(values, xs[0], rows * outs * inner / 24, emit, names=["linear"])
 

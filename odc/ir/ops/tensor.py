@@ -5,11 +5,10 @@ import math
 
 import numpy as np
 
-from odc.errors import CompileError, Diagnostic
 from odc.ir.dtypes import NP_DTYPES
 from odc.ir.graph import TensorType
-from odc.ir.ops.core import (Arg, ShapeError, axes_of, builtin, count, expand, keep_reduced, normalize_axis,
-                                 register, require_float, require_rank, symbolic_numel)
+from odc.ir.ops.core import (Arg, ShapeError, axes_of, broadcast_shapes, builtin, count, expand, keep_reduced,
+                             normalize_axis, register, require_float, require_rank, symbolic_numel, unbroadcast)
 
 ANY = ("f32", "f64", "i32", "i64", "u8")  # layout ops move any element type
 
@@ -28,36 +27,52 @@ register("const", lambda ts, a: TensorType(a.get("dtype", "f32"), ()), lambda a:
 
 
 # -- products ---------------------------------------------------------------------------------
+def swap_last(rank: int) -> list[int]:
+    """The permutation that swaps the last two of `rank` axes (a batch of matrices transposed)."""
+    return list(range(rank - 2)) + [rank - 1, rank - 2]
+
+
 def _matmul_infer(ts, attrs):
+    """[..., m, k] @ [..., k, n] -> [..., m, n]; the batch axes (all but the last two) broadcast
+    like NumPy's, as torch.matmul on operands of two axes or more."""
     a, b = ts
     require_float(a, "matmul")
     if a.dtype != b.dtype:
         raise ShapeError(f"matmul of different element types: {a} @ {b}",
                          "both operands need the same element type")
-    if a.rank < 2 or b.rank != 2:
-        raise ShapeError(f"matmul expects a [..., m, k] left operand and a [k, n] right operand, "
-                         f"got {a} and {b}")
-    if a.shape[-1] != b.shape[0]:
-        raise ShapeError(f"matmul inner dimensions differ: {a} @ {b} ({a.shape[-1]} vs {b.shape[0]})",
-                         "the last dimension of the left operand must equal the first of the right")
-    return TensorType(a.dtype, a.shape[:-1] + b.shape[1:])
+    if a.rank < 2 or b.rank < 2:
+        raise ShapeError(f"matmul expects matrices or batches of them, [..., m, k] @ [..., k, n], got {a} @ {b}",
+                         "make a vector a matrix first, e.g. reshape(v, [1, k])")
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul inner dimensions differ: {a} @ {b} ({a.shape[-1]} vs {b.shape[-2]})",
+                         "the last dimension of the left operand must equal the "
+                         f"{'first' if b.rank == 2 else 'second-to-last'} of the right")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    if batch is None:
+        raise ShapeError(f"matmul batch dimensions do not broadcast: {a} @ {b} "
+                         f"([{', '.join(map(str, a.shape[:-2]))}] vs [{', '.join(map(str, b.shape[:-2]))}])",
+                         "the axes before the last two broadcast as in NumPy: from the right, equal sizes "
+                         "or 1 on one side")
+    return TensorType(a.dtype, batch + (a.shape[-2], b.shape[-1]))
 
 
 def _matmul_vjp(e, n, y, dy):
+    """dA = dY @ B^T and dB = A^T @ dY, each summed over the batch axes its operand was
+    broadcast along. With one right matrix and known sizes, A's leading axes fold into rows,
+    so that dB is one product."""
     a, b = n.args
-    da = e("matmul", dy, e("transpose", b, perm=[1, 0]))
-    lead = e.shape(a)[:-1]
-    if len(lead) > 1:  # fold the leading axes of a and dy into one
-        if not all(isinstance(d, int) for d in lead):
-            raise CompileError(Diagnostic(
-                f"odc cannot differentiate matmul with a left operand {e.g.type(a)} of more than two "
-                f"axes and a symbolic size", e.span, "flatten the left operand to two axes first"))
-        a = e("reshape", a, shape=[-1, e.shape(a)[-1]])
-        dy = e("reshape", dy, shape=[-1, e.shape(dy)[-1]])
-    return da, e("matmul", e("transpose", a, perm=[1, 0]), dy)
+    sa, sb = e.shape(a), e.shape(b)
+    da = unbroadcast(e, e("matmul", dy, e("transpose", b, perm=swap_last(len(sb)))), sa)
+    lead = sa[:-1]
+    if len(sb) == 2 and (len(lead) == 1 or all(isinstance(d, int) for d in lead)):
+        if len(lead) > 1:
+            a = e("reshape", a, shape=[-1, sa[-1]])
+            dy = e("reshape", dy, shape=[-1, e.shape(dy)[-1]])
+        return da, e("matmul", e("transpose", a, perm=[1, 0]), dy)
+    return da, unbroadcast(e, e("matmul", e("transpose", a, perm=swap_last(len(sa))), dy), sb)
 
 
-register("matmul", _matmul_infer, lambda a, b, attrs: a @ b, _matmul_vjp, codegen="anchor")
+register("matmul", _matmul_infer, lambda a, b, attrs: np.matmul(a, b), _matmul_vjp, codegen="anchor")
 builtin("matmul", lambda b, a: b.node("matmul", [a["a"], a["b"]], {}), Arg("a", "tensor"), Arg("b", "tensor"))
 
 
@@ -126,6 +141,183 @@ register("transpose", _transpose_infer, lambda x, attrs: np.transpose(x, attrs["
          dtypes=ANY)
 builtin("transpose", lambda b, a: b.node("transpose", [a["x"]], {"perm": a["perm"]}), Arg("x", "tensor"),
         Arg("perm", "perm"))
+
+
+# -- concat, pad, slice: data movement, each its own kernel (odc/codegen/kernels/layout.py) ------
+def _axis(op: str, attrs: dict, rank: int) -> int:
+    try:
+        return normalize_axis(attrs["axis"], rank)
+    except ShapeError as err:
+        raise ShapeError(f"{op}: {err.message}") from None
+
+
+def _concat_infer(ts, attrs):
+    """Branches of one element type and rank whose sizes agree except on `axis` (a symbol
+    agrees with itself); that axis needs known sizes, which add up."""
+    if not ts:
+        raise ShapeError("concat needs at least one tensor")
+    first = ts[0]
+    ax = _axis("concat", attrs, first.rank)
+    for i, t in enumerate(ts[1:], 2):
+        why = ("they need the same element type" if t.dtype != first.dtype else
+               "they need the same number of axes" if t.rank != first.rank else
+               f"they may differ only on axis {ax}"
+               if any(d != f for j, (d, f) in enumerate(zip(t.shape, first.shape)) if j != ax) else None)
+        if why:
+            raise ShapeError(f"concat: branch {i} is {t} but branch 1 is {first}; {why}",
+                             f"bring the branches to the same sizes on every axis but {ax} (e.g. with pad, "
+                             f"slice or pooling), or concatenate along another axis")
+    if len(ts) == 1:
+        return first
+    sizes = [t.shape[ax] for t in ts]
+    if not all(isinstance(d, int) for d in sizes):
+        i = next(i for i, d in enumerate(sizes, 1) if not isinstance(d, int))
+        raise ShapeError(f"concat along axis {ax} needs sizes known at compile time there, but branch {i} is "
+                         f"{ts[i - 1]}", "concatenate along another axis (the batch size is known only at run time)")
+    return first.with_shape(sum(sizes) if j == ax else d for j, d in enumerate(first.shape))
+
+
+def _concat_ref(*arrays):
+    *xs, attrs = arrays
+    return np.concatenate(xs, axis=normalize_axis(attrs["axis"], xs[0].ndim))
+
+
+def _concat_vjp(e, n, y, dy):
+    """Each branch's gradient is its slice of dY."""
+    if len(n.args) == 1:
+        return (dy,)
+    ax = normalize_axis(n.attrs["axis"], len(e.shape(dy)))
+    grads, start = [], 0
+    for a in n.args:
+        size = e.shape(a)[ax]
+        grads.append(e("slice", dy, axis=ax, start=start, stop=start + size, step=1))
+        start += size
+    return tuple(grads)
+
+
+register("concat", _concat_infer, _concat_ref, _concat_vjp, dtypes=ANY)
+builtin("concat", lambda b, a: b.node("concat", a["tensors"], {"axis": a["axis"]}), Arg("tensors", "tensors"),
+        Arg("axis", "integer", 1))
+
+
+def pad_pairs(pads, rank: int) -> list[tuple[int, int]]:
+    """(before, after) for each of `rank` axes from F.pad's list, which starts at the last axis."""
+    pairs = [(0, 0)] * rank
+    for i in range(len(pads) // 2):
+        pairs[rank - 1 - i] = (pads[2 * i], pads[2 * i + 1])
+    return pairs
+
+
+def _pad_infer(ts, attrs):
+    """F.pad(x, pads, value=v), mode "constant": a negative amount crops, as in PyTorch, which
+    refuses a pair whose crops exceed the axis, and odc an empty result."""
+    x, pads = ts[0], list(attrs["pads"])
+    if len(pads) % 2:
+        raise ShapeError(f"pad takes pairs [before, after, ...] starting at the last axis, got {len(pads)} numbers "
+                         f"{pads}", "give an even number of paddings: [left, right] or [left, right, top, bottom]")
+    if len(pads) > 2 * x.rank:
+        raise ShapeError(f"pad {pads} pads {len(pads) // 2} axes, but {x} has {x.rank}",
+                         "one pair [before, after] per axis, the last axis first (as torch.nn.functional.pad)")
+    shape = list(x.shape)
+    for ax, (before, after) in enumerate(pad_pairs(pads, x.rank)):
+        if before == after == 0:
+            continue
+        if not isinstance(shape[ax], int):
+            raise ShapeError(f"pad {pads} pads axis {ax} of {x}, whose size is known only at run time",
+                             "pad only the axes of known size: give 0, 0 for this one")
+        crop = -min(before, 0) - min(after, 0)
+        if crop > shape[ax]:
+            raise ShapeError(f"pad {pads} crops {crop} elements from axis {ax} of {x}, which has {shape[ax]}",
+                             "F.pad crops before it pads, so the negative amounts of a pair may remove at most "
+                             "the whole axis")
+        size = shape[ax] + before + after
+        if size < 1:
+            terms = "".join(f" {'-' if p < 0 else '+'} {abs(p)}" for p in (before, after))
+            raise ShapeError(f"pad {pads} leaves axis {ax} of {x} with {size} elements ({shape[ax]}{terms})",
+                             "a negative padding crops: crop less than the axis holds")
+        shape[ax] = size
+    return x.with_shape(shape)
+
+
+def _pad_ref(x, attrs):
+    pairs = pad_pairs(attrs["pads"], x.ndim)
+    shape = [d + b + a for d, (b, a) in zip(x.shape, pairs)]
+    out = np.full(shape, attrs.get("value", 0.0), dtype=x.dtype)
+    # result index i holds x[i - before] where that exists
+    dst = tuple(slice(max(b, 0), max(min(s, d + b), max(b, 0))) for s, d, (b, a) in zip(shape, x.shape, pairs))
+    src = tuple(slice(o.start - b, o.stop - b) for o, (b, a) in zip(dst, pairs))
+    out[dst] = x[src]
+    return out
+
+
+register("pad", _pad_infer, _pad_ref,
+         # the adjoint of padding by p is padding (cropping) by -p with zeros
+         lambda e, n, y, dy: (e("pad", dy, pads=[-p for p in n.attrs["pads"]], value=0.0),), dtypes=ANY)
+builtin("pad", lambda b, a: b.node("pad", [a["x"]], {"pads": a["pads"], "value": float(a["value"])}),
+        Arg("x", "tensor"), Arg("pads", "ints"), Arg("value", "number", 0))
+
+
+def slice_range(size: int, start: int, stop: int, step: int) -> tuple[int, int]:
+    """(first index, count) of Python's x[start:stop:step] on an axis of `size`: negative
+    indices count from the end, and both are clamped to the axis."""
+    first, last, step = slice(start, stop, step).indices(size)
+    return first, len(range(first, last, step))
+
+
+def _slice_infer(ts, attrs):
+    x = ts[0]
+    ax = _axis("slice", attrs, x.rank)
+    start, stop, step = attrs["start"], attrs["stop"], attrs.get("step", 1)
+    if not isinstance(step, int) or step < 1:
+        raise ShapeError(f"slice: step must be a positive integer, got {step}")
+    size = x.shape[ax]
+    if not isinstance(size, int):
+        raise ShapeError(f"slice of axis {ax} of {x}, whose size is known only at run time",
+                         "slice an axis of known size")
+    first, n = slice_range(size, start, stop, step)
+    if n == 0:
+        where = f"{start}:{stop}" + (f":{step}" if step != 1 else "")
+        raise ShapeError(f"slice [{where}] of axis {ax} of {x} is empty (that axis has {size} elements)",
+                         f"start must come before stop; a negative index counts from the end, so the valid "
+                         f"indices are 0 to {size - 1} and -{size} to -1")
+    return x.with_shape(n if j == ax else d for j, d in enumerate(x.shape))
+
+
+def _slice_ref(x, attrs):
+    ax = normalize_axis(attrs["axis"], x.ndim)
+    index = (slice(None),) * ax + (slice(attrs["start"], attrs["stop"], attrs.get("step", 1)),)
+    return np.ascontiguousarray(x[index])
+
+
+def axis_pads(rank: int, axis: int, before: int, after: int) -> list[int]:
+    """F.pad's list that pads only `axis` of `rank` axes."""
+    return [0, 0] * (rank - 1 - axis) + [before, after]
+
+
+def _slice_vjp(e, n, y, dy):
+    """dY placed back at its indices, zeros elsewhere: a pad of dY; with a step, each element of
+    dY first gets step - 1 zeros after it (a pad of a new axis of size 1, merged back), and
+    the pad after the last may be negative (a crop)."""
+    shape = e.shape(n.args[0])
+    rank, step = len(shape), n.attrs.get("step", 1)
+    ax = normalize_axis(n.attrs["axis"], rank)
+    first, count = slice_range(shape[ax], n.attrs["start"], n.attrs["stop"], step)
+    if step > 1:
+        ds = list(e.shape(dy))
+        dy = e("reshape", dy, shape=ds[:ax + 1] + [1] + ds[ax + 1:])
+        dy = e("pad", dy, pads=axis_pads(rank + 1, ax + 1, 0, step - 1), value=0.0)
+        dy = e("reshape", dy, shape=ds[:ax] + [count * step] + ds[ax + 1:])
+        count *= step
+    if first == 0 and count == shape[ax]:
+        return (dy,)
+    return (e("pad", dy, pads=axis_pads(rank, ax, first, shape[ax] - first - count), value=0.0),)
+
+
+register("slice", _slice_infer, _slice_ref, _slice_vjp, dtypes=ANY)
+builtin("slice", lambda b, a: b.node("slice", [a["x"]], {"axis": a["axis"], "start": a["start"], "stop": a["stop"],
+                                                         "step": a["step"]}),
+        Arg("x", "tensor"), Arg("axis", "axis"), Arg("start", "integer"), Arg("stop", "integer"),
+        Arg("step", "int", 1))
 
 
 # -- reductions and softmax -------------------------------------------------------------------
