@@ -183,13 +183,17 @@ class Model:
         return float(out["loss"])
 
     def one_value_per_channel(self, batch: int) -> Node | None:
-        """The first batch norm that would see one value per channel (N·H·W = 1) in a training
-        batch of `batch` examples, or None. Such a batch cannot be trained on (see the module)."""
+        """The first batch norm that would see one value per channel (N·H·W = 1 for
+        batchnorm2d, N = 1 for batchnorm1d) in a training batch of `batch` examples, or None.
+        Such a batch cannot be trained on (see the module)."""
         g = shape_infer.run(self.program.graph, self.program.batch_bindings(batch))
         for n in (g.node(i) for i in g.order()):
-            # an op with running statistics normalises each channel (axis 1); its type is its input's
-            if ops.get(n.op).training == "state" and n.type.numel == n.type.shape[1]:
-                return n
+            # an op with running statistics normalises each channel over the other axes of its
+            # input, as the catalog says
+            if ops.get(n.op).training == "state":
+                shape = g.type(n.args[0]).shape
+                if prod(shape[a] for a in ops.norm.running(n.op).axes(len(shape))) == 1:
+                    return n
         return None
 
     def save(self, path) -> None:

@@ -30,9 +30,9 @@ BINARY = ["add", "sub", "mul", "div", "maximum", "minimum", "gt", "ge"]
 REDUCTIONS = ["sum", "mean", "max"]
 SOFTMAXES = ["softmax", "log_softmax"]
 POOLS = ["maxpool2d", "avgpool2d"]
-# each has a test of its own below
-OTHERS = ["matmul", "linear", "conv2d", "batchnorm2d", "reshape", "transpose", "broadcast_to",
-          "cross_entropy", "mse"]
+# each has a test of its own below (batchnorm1d and layernorm: in test_norms.py)
+OTHERS = ["matmul", "linear", "conv2d", "batchnorm2d", "batchnorm1d", "layernorm", "reshape", "transpose",
+          "broadcast_to", "cross_entropy", "mse"]
 OTHERS += ["concat", "pad", "slice"]  # in tests/codegen/test_structure_ops.py
 
 

@@ -1,5 +1,5 @@
 """Reductions and normalisations: sum/mean/max, softmax, log_softmax, cross_entropy, mse,
-batchnorm2d.
+batchnorm1d, batchnorm2d, layernorm.
 
 `sum`/`mean`/`max` walk the input once in memory order, folding each element into its
 output slot: the input's dims are collapsed into alternating runs of kept and reduced dims,
@@ -10,6 +10,8 @@ losses in double precision.
 """
 from __future__ import annotations
 
+from math import prod
+
 from llvmlite import ir
 
 from odc.codegen.builder import F32, F64, I32, REASSOC, VW, KernelBuilder, llvm_type, vec
@@ -17,6 +19,7 @@ from odc.codegen.kernels.elementwise import contiguous_strides, loop_nest
 from odc.codegen.kernel import Kernel, lowering
 from odc.ir import ops
 from odc.ir.graph import Graph
+from odc.ir.ops import norm
 
 
 @lowering("sum", "mean", "max")
@@ -207,15 +210,15 @@ def mse(g: Graph, nid: int) -> Kernel:
     return Kernel([a, y, nid], 1, n, emit, names=["mse"])
 
 
-@lowering("batchnorm2d")
-def batchnorm2d(g: Graph, nid: int) -> Kernel:
-    """Per channel (in parallel): mean and variance of the batch in double precision, then
-    (x - mean) / sqrt(var + eps) * gamma + beta."""
+def _batchnorm_channels(g: Graph, nid: int) -> Kernel:
+    """[N, C, ...] per channel (in parallel): mean and variance of the batch in double precision,
+    then (x - mean) / sqrt(var + eps) * gamma + beta."""
     node = g.node(nid)
     x, gamma, beta = node.args
-    n, c, h, w = node.type.shape
-    hw, count = h * w, n * h * w
-    eps = float(node.attrs.get("eps", 1e-5))
+    n, c, *rest = node.type.shape
+    hw = prod(rest)
+    count = n * hw
+    eps = norm.eps(node.attrs)
 
     def emit(kb: KernelBuilder, lo, hi):
         b = kb.b
@@ -242,4 +245,124 @@ def batchnorm2d(g: Graph, nid: int) -> Kernel:
             over(lambda o: kb.store(
                 b.fadd(b.fmul(b.fdiv(b.fsub(kb.load(kb.ptr(x), o), mean), den), gm), bt), kb.ptr(nid), o))
 
-    return Kernel([x, gamma, beta, nid], c, node.type.numel * 3, emit, names=["batchnorm2d"])
+    return Kernel([x, gamma, beta, nid], c, node.type.numel * 3, emit, names=[node.op])
+
+
+BN_VECTORS = 4  # vectors of features per block of the [N, F] batch norm: 4 cache lines per row
+
+
+def _batchnorm_features(g: Graph, nid: int) -> Kernel:
+    """[N, F]: blocks of up to `BN_VECTORS` vectors of features (in parallel), each walking the
+    rows with contiguous vector loads (a masked one for the last features); mean and variance
+    of the batch in double precision, then (x - mean) * (gamma / sqrt(var + eps)) + beta."""
+    node = g.node(nid)
+    x, gamma, beta = node.args
+    n, f = node.type.shape
+    eps = norm.eps(node.attrs)
+    v64, vt = vec(VW, F64), vec(VW)
+
+    def block(kb: KernelBuilder, off, masks):
+        """Features [off, off + len(masks) * VW), vector k masked by masks[k] (None: whole)."""
+        b = kb.b
+        offs = [kb.add(off, k * VW) for k in range(len(masks))]
+
+        def rows(fn):
+            with kb.loop(0, n) as i:
+                base = kb.mul(i, f)
+                for k, (o, m) in enumerate(zip(offs, masks)):
+                    fn(k, kb.add(base, o), kb.vload(kb.ptr(x), kb.add(base, o), mask=m))
+
+        s = [kb.var(v64, ir.Constant(v64, 0.0), "s") for _ in masks]
+        rows(lambda k, o, v: kb.set(s[k], b.fadd(kb.get(s[k]), b.fpext(v, v64))))
+        mean64 = [b.fdiv(kb.get(a), ir.Constant(v64, float(n))) for a in s]
+        q = [kb.var(v64, ir.Constant(v64, 0.0), "q") for _ in masks]
+
+        def sq(k, o, v):
+            d = b.fsub(b.fpext(v, v64), mean64[k])
+            kb.set(q[k], b.fadd(kb.get(q[k]), b.fmul(d, d)))
+        rows(sq)
+        mean, scale, shift = [], [], []
+        for k, (o, m) in enumerate(zip(offs, masks)):
+            mean.append(b.fptrunc(mean64[k], vt))
+            var = b.fptrunc(b.fdiv(kb.get(q[k]), ir.Constant(v64, float(n))), vt)
+            den = kb.unary_math("sqrt", b.fadd(var, ir.Constant(vt, eps)))
+            scale.append(b.fdiv(kb.vload(kb.ptr(gamma), o, mask=m), den))  # y = (x - mean) * scale + beta
+            shift.append(kb.vload(kb.ptr(beta), o, mask=m))
+        rows(lambda k, o, v: kb.vstore(b.fadd(b.fmul(b.fsub(v, mean[k]), scale[k]), shift[k]), kb.ptr(nid), o,
+                                       mask=masks[k]))
+
+    nvec = -(-f // VW)
+    blocks, whole = -(-nvec // BN_VECTORS), f // (BN_VECTORS * VW)  # all blocks; those with no mask
+    last = [None] * (nvec - whole * BN_VECTORS)  # the vectors of the last block, if it is not whole
+    if f % VW:
+        last[-1] = KernelBuilder.mask(VW, f % VW)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        with kb.loop(lo, hi) as j:
+            off = kb.mul(j, BN_VECTORS * VW)
+            if blocks == whole:
+                block(kb, off, [None] * BN_VECTORS)
+            elif whole == 0:
+                block(kb, off, last)
+            else:
+                with b.if_else(b.icmp_signed("<", j, kb.i64(whole))) as (full, part):
+                    with full:
+                        block(kb, off, [None] * BN_VECTORS)
+                    with part:
+                        block(kb, off, last)
+
+    return Kernel([x, gamma, beta, nid], blocks, node.type.numel * 3, emit, names=[node.op])
+
+
+@lowering("batchnorm2d", "batchnorm1d")
+def batchnorm(g: Graph, nid: int) -> Kernel:
+    """Batch statistics per channel (axis 1, the catalog's `norm.running(op)`): [N, F] by
+    vectors of features, [N, C, H, W] and [N, C, L] channel by channel."""
+    assert norm.running(g.node(nid).op).channel == 1
+    return _batchnorm_features(g, nid) if g.type(nid).rank == 2 else _batchnorm_channels(g, nid)
+
+
+@lowering("layernorm")
+def layernorm(g: Graph, nid: int) -> Kernel:
+    """Rows of the last axis (in parallel), each in vectors: the mean, then the mean squared
+    deviation from it (two passes: no cancellation), then (x - mean) * (1 / sqrt(var + eps))
+    * gamma + beta."""
+    node = g.node(nid)
+    x, gamma, beta = node.args
+    f = node.type.shape[-1]
+    rows = node.type.numel // f
+    eps = norm.eps(node.attrs)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        vt = vec(VW)
+        zero = ir.Constant(vt, 0.0)
+        with kb.loop(lo, hi) as r:
+            base = kb.mul(r, f)
+            src, dst = kb.gep(kb.ptr(x), base), kb.gep(kb.ptr(nid), base)
+            s = kb.var(vt, zero, "s")
+
+            def add(off, mask):
+                v = kb.vload(src, off, mask=mask)
+                kb.set(s, b.fadd(kb.get(s), v if mask is None else b.select(mask, v, zero)))
+            row_vectors(kb, f, add)
+            mean = b.fdiv(kb.hsum(kb.get(s)), kb.const(float(f)))
+            meanv = kb.splat(mean)
+            q = kb.var(vt, zero, "q")
+
+            def sq(off, mask):
+                d = b.fsub(kb.vload(src, off, mask=mask), meanv)
+                d2 = b.fmul(d, d)
+                kb.set(q, b.fadd(kb.get(q), d2 if mask is None else b.select(mask, d2, zero)))
+            row_vectors(kb, f, sq)
+            var = b.fdiv(kb.hsum(kb.get(q)), kb.const(float(f)))
+            rstd = kb.splat(b.fdiv(kb.const(1.0), kb.unary_math("sqrt", b.fadd(var, kb.const(eps)))))
+
+            def write(off, mask):
+                y = b.fmul(b.fsub(kb.vload(src, off, mask=mask), meanv), rstd)
+                y = b.fadd(b.fmul(y, kb.vload(kb.ptr(gamma), off, mask=mask)), kb.vload(kb.ptr(beta), off, mask=mask))
+                kb.vstore(y, dst, off, mask=mask)
+            row_vectors(kb, f, write)
+
+    return Kernel([x, gamma, beta, nid], rows, node.type.numel * 4, emit, names=["layernorm"])
