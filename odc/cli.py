@@ -230,37 +230,12 @@ def _opt(a):
 
 def _verify_input(g, source: str) -> None:
     """Verify the graph `odc opt` starts from: text IR comes from anywhere, and the passes may
-    assume a well-formed graph. A type rule that fails on operands or attributes its op never
-    has in graphs odc makes (a missing attribute, one operand too few) is reported at its node,
-    as the verifier reports the rest."""
-    from odc.ir import ops
-    from odc.ir.graph import ARG_OPS
-    from odc.ir.printer import format_attrs, value_names
+    assume a well-formed graph."""
     from odc.ir.verify import IRVerificationError, verify
     try:
         verify(g)
-        return
     except IRVerificationError as e:
         raise OdcError(f"{source}: error: {e}") from None
-    except Exception as e:  # not a verdict: a type rule crashed; find it
-        crash = e
-    names = value_names(g)
-    for n in g.nodes():
-        if n.op in ARG_OPS or n.op not in ops.OPS:
-            continue
-        try:
-            ops.get(n.op).infer([g.type(a) for a in n.args], n.attrs)
-        except ops.ShapeError:
-            pass
-        except KeyError as e:
-            crash = f"{names[n.id]} ({n.op}): no attribute {e.args[0]}"
-            break
-        except Exception as e:
-            crash = (f"{names[n.id]} ({n.op}): {n.op} does not take {len(n.args)} operand"
-                     f"{'s' * (len(n.args) != 1)} with {format_attrs(n.attrs).strip() or 'no attributes'} "
-                     f"({type(e).__name__}: {e})")
-            break
-    raise OdcError(f"{source}: error: IR of @{g.name} is malformed:\n  {crash}") from None
 
 
 def _opt_input(path: str, model: str | None):

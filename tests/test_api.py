@@ -25,7 +25,7 @@ model Other():
     return dense(image, 2)
 
 train Small:
-    data = mnist()
+    data = idx("small")  # 6x6 images; the folder is never read here
     optimizer = sgd(lr=0.5)
     seed = 7
 """
@@ -225,7 +225,7 @@ def test_a_parameter_may_be_named_like_an_optimizer_state(tmp_path):
     """Adam's scalar states have names no parameter can have, so `param step` trains as any other."""
     path = tmp_path / "step.od"
     path.write_text("model M():\n    input image: f32[N, 4]\n    param step: f32[10] = zeros\n"
-                    "    return dense(image, 10) + step\n\ntrain M:\n    data = mnist()\n"
+                    "    return dense(image, 10) + step\n\ntrain M:\n    data = idx(\"vectors\")\n"
                     "    optimizer = adam(lr=0.01)\n")
     model = odc.load(path).compile()
     assert list(model.params) == ["step", "dense1.weight", "dense1.bias"]

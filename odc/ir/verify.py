@@ -2,8 +2,10 @@
 
 Checks that the graph is acyclic; every op is registered; every node's operands exist and its
 edges match its operand list; every node has a type and that type is what the op's type rule
-gives for its operands (after any symbol bindings); argument names are unique; outputs name
-existing nodes. Violations are compiler bugs, reported as `IRVerificationError`.
+gives for its operands (after any symbol bindings), the rule itself not failing on them (a
+missing attribute, an operand too few: IR written by hand); argument names are unique; outputs
+name existing nodes. Values are named as the printed IR names them. Violations are compiler
+bugs (or malformed text IR), reported as `IRVerificationError`.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import networkx as nx
 
 from odc.ir import ops
 from odc.ir.graph import ARG_OPS, Graph
+from odc.ir.printer import format_attrs, value_names
 
 
 class IRVerificationError(Exception):
@@ -21,10 +24,13 @@ def verify(g: Graph) -> Graph:
     problems = []
     if not nx.is_directed_acyclic_graph(g.nx):
         problems.append("the graph has a cycle")
+        shown = {}
+    else:
+        shown = value_names(g)
     names = set()
     for nid in g.nx.nodes:
         n = g.node(nid)
-        where = f"%{nid} ({n.op})"
+        where = f"{shown.get(nid, f'node {nid}')} ({n.op})"
         if n.id != nid:
             problems.append(f"{where}: node id {n.id} differs from its key")
         if n.op not in ops.OPS:
@@ -49,9 +55,14 @@ def verify(g: Graph) -> Graph:
                     problems.append(f"{where}: type {n.type} but its operands give {t}")
             except ops.ShapeError as e:
                 problems.append(f"{where}: {e.message}")
+            except KeyError as e:
+                problems.append(f"{where}: no attribute {e.args[0]}")
+            except Exception as e:  # the rule met operands or attributes that its op never has
+                problems.append(f"{where}: {n.op} does not take {len(n.args)} operand{'s' * (len(n.args) != 1)}"
+                                f" with {format_attrs(n.attrs).strip() or 'no attributes'} ({type(e).__name__}: {e})")
     for name, v in g.outputs:
         if v not in g.nx:
-            problems.append(f"output {name} names missing node %{v}")
+            problems.append(f"output {name} names a missing node")
     if problems:
         raise IRVerificationError(f"IR of @{g.name} is malformed:\n  " + "\n  ".join(problems))
     return g

@@ -46,6 +46,8 @@ def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
     loss = loss or g.meta.get("recipe", {}).get("loss", "cross_entropy")
     if loss not in LOSSES:
         raise OdcError(f"unknown loss '{loss}'; odc knows {', '.join(LOSSES)}")
+    if not g.outputs:
+        raise OdcError(f"autodiff needs a graph that returns the logits; @{g.name} returns nothing")
     logits, carried = g.outputs[0][1], g.outputs[1:]
     lt = g.type(logits)
     e = Emit(g, g.node(logits).span)
