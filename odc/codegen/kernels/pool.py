@@ -1,8 +1,23 @@
-"""Pooling: maxpool2d and avgpool2d (no padding) and their gradients, in parallel over images.
+"""Pooling: maxpool2d and avgpool2d and their gradients (maxpool2d_grad, avgpool2d_grad), in
+parallel over images (each thread takes whole images, every channel plane of them in turn).
 
-For each output row, the window offsets (ki, kj) are outer loops and the output columns the
-inner loop, which reads the input with the pooling stride and accumulates into the output
-row: LLVM vectorizes it with interleaved (strided) loads.
+The windows are square (`kernel` k) with any `stride` s (default k); there is no padding:
+the ops have no padding attribute, an output has (H - k) // s + 1 rows and (W - k) // s + 1
+columns, and inputs past the last window are not read.
+
+Forward: each output row is computed a vector of VW output columns at a time (the last vector
+masked). For each window row ki, `_window_row` loads the input row segment those windows cover
+as whole vectors, masked past the last input they need, and deinterleaves it with shuffles
+into k vectors, one per window column kj; the k * k vectors are combined with an IEEE maximum
+(a NaN propagates) or summed and divided by k * k.
+
+Gradients (`pool2d_grad`): maxpool2d_grad(dy, x) sends each window's gradient to its first
+maximum in row-major order, avgpool2d_grad(dy) spreads it evenly (dy / (k * k)) over the
+window. Windows that tile the input (k == s) are computed a vector of VW windows at a time,
+each input position written once, after zeroing the plane when H or W is not a multiple of k
+(the inputs outside every window get 0); any other stride (overlapping windows, s < k, or gaps
+between them, s > k) takes a scalar loop that zeroes the plane and accumulates window by
+window.
 """
 from __future__ import annotations
 
@@ -76,7 +91,8 @@ def pool2d_grad(g: Graph, nid: int) -> Kernel:
     """The gradient of a pooling: maxpool2d's goes, per window, to its first maximum in
     row-major order, avgpool2d's is spread evenly. Windows that tile the input (kernel ==
     stride, the usual case) are computed a vector of windows at a time, writing each input
-    position once; overlapping windows take a scalar loop that accumulates."""
+    position once; other strides (overlapping windows, or gaps between them) take a scalar
+    loop that accumulates."""
     node = g.node(nid)
     dy = node.args[0]
     n, c, ho, wo = g.type(dy).shape
