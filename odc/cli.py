@@ -241,21 +241,13 @@ def _verify_input(g, source: str) -> None:
 def _opt_input(path: str, model: str | None):
     """The graph that `odc opt` starts from, the options its source gives the passes, and the
     source's name for messages."""
-    from odc.frontend import parse_source
+    from odc.frontend import parse_source, read_text
     from odc.ir.textparse import parse_graph
     from odc.program import Program
     if path == "-":
         text, name = sys.stdin.read(), "<stdin>"
     else:
-        try:
-            with open(path, encoding="utf-8-sig") as f:
-                text, name = f.read(), path
-        except FileNotFoundError:
-            raise OdcError(f"{path}: error: no such file") from None
-        except UnicodeDecodeError:
-            raise OdcError(f"{path}: error: not a UTF-8 text file") from None
-        except OSError as e:
-            raise OdcError(f"{path}: error: cannot read: {e.strerror}") from None
+        text, name = read_text(path), path
     if is_ir(text):
         if model is not None:
             raise OdcError(f"--model picks a model of an .od file; {name} is IR of one function")

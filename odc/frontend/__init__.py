@@ -21,7 +21,7 @@ from odc.frontend.parser import parse
 from odc.frontend.recipe import Recipe, lower_train
 from odc.ir.graph import Graph
 
-__all__ = ["Module", "Recipe", "load_graph", "parse_file", "parse_source"]
+__all__ = ["Module", "Recipe", "load_graph", "parse_file", "parse_source", "read_text"]
 
 
 @dataclass
@@ -123,17 +123,21 @@ def _check(src: SourceFile) -> Module:
     return Module(src, tree, graphs, recipes, defs)
 
 
-def parse_file(path) -> Module:
+def read_text(path) -> str:
+    """A source file's text; a file that cannot be read is an OdcError naming it."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the text
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise OdcError(f"{path}: error: no such file") from None
     except UnicodeDecodeError:
         raise OdcError(f"{path}: error: not a UTF-8 text file") from None
     except OSError as e:
         raise OdcError(f"{path}: error: cannot read: {e.strerror}") from None
-    return parse_source(text, str(path))
+
+
+def parse_file(path) -> Module:
+    return parse_source(read_text(path), str(path))
 
 
 def load_graph(path, model: str | None = None) -> Graph:
