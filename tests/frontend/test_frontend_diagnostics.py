@@ -87,7 +87,7 @@ def test_missing_argument():
     d = single(src)
     assert (d.span.line, d.span.col) == where(src, 3, "conv2d")
     assert d.message == "conv2d is missing argument 'kernel'"
-    assert d.hint == "usage: conv2d(x, out, kernel, stride=1, pad=0, bias=true)"
+    assert d.hint == "usage: conv2d(x, out, kernel, stride=1, pad=0, dilation=1, groups=1, bias=true)"
 
 
 def test_unknown_keyword_suggests_a_close_one():
