@@ -94,12 +94,23 @@ def twins(torch):
             patches = x.reshape(n, 7, 4, 7, 4).permute(0, 1, 3, 2, 4).reshape(n, 49, 16)
             return self.head(self.norm(self.blocks(self.embed(patches))).mean(1))
 
-    return {"resnet20.od": (ResNet20, (3, 32, 32), 10), "vgg11.od": (vgg11, (3, 32, 32), 10),
+    def mobilenet():
+        def separable(cin, cout, stride):
+            return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                    nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        layers, cin = [nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()], 32
+        for cout, stride in [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [
+                (1024, 2), (1024, 1)]:
+            layers += separable(cin, cout, stride)
+            cin = cout
+        return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 10))
+
+    return {"resnet20.od": (ResNet20, (3, 32, 32), 10), "mobilenet.od": (mobilenet, (3, 32, 32), 10), "vgg11.od": (vgg11, (3, 32, 32), 10),
             "alexnet.od": (alexnet, (3, 32, 32), 10), "mixer.od": (Mixer, (1, 28, 28), 47)}
 
 
 # model file -> (hyper-parameters for the test, published parameter count and tolerance)
-ZOO = {"resnet20.od": ({}, (0.27e6, 0.01e6)), "vgg11.od": ({}, (9.23e6, 0.01e6)),
+ZOO = {"resnet20.od": ({}, (0.27e6, 0.01e6)), "mobilenet.od": ({}, (3.2e6, 0.05e6)), "vgg11.od": ({}, (9.23e6, 0.01e6)),
        "alexnet.od": ({"drop": 0}, None), "mixer.od": ({}, None)}
 
 
@@ -108,38 +119,48 @@ def rel_err(a, b):
     return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
+def run_twin(torch, make, params, x, y, dtype):
+    """The twin in `dtype` with the given parameters: its eval logits, then its training loss and
+    gradients (eval first: a training forward moves the running statistics)."""
+    twin = make().to(dtype)
+    with torch.no_grad():
+        for p, v in zip(twin.parameters(), params):
+            p.copy_(torch.from_numpy(v))
+        logits = twin.eval()(torch.from_numpy(x).to(dtype)).double().numpy()
+    loss = torch.nn.functional.cross_entropy(twin.train()(torch.from_numpy(x).to(dtype)), torch.from_numpy(y))
+    loss.backward()
+    return logits, loss.item(), [p.grad.double().numpy() for p in twin.parameters()]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_equals_its_torch_twin(torch, name):
+    """The truth is the twin in float64. odc's compiled float32 code must be within 1e-4 of it
+    (relative to each tensor's largest magnitude), or of the same order as PyTorch's own float32
+    run (at most 10 times as far): a batch norm's weight gradient is a sum of thousands of terms
+    that cancel to almost 0 (MobileNet's are 1e-4 of its largest gradient; a convolution's bias
+    before a batch norm has 0), which no float32 sum gets to 1e-4 (PyTorch's are 1e-3 off)."""
     hypers, _ = ZOO[name]
     make, shape, classes = twins(torch)[name]
     module = parse_file(MODELS / name)
     model = odc.Program(module.lower(None, hypers), module.source).compile(seed=1)  # dropout off: drop = 0
-    twin = make()
-    params = list(twin.parameters())
-    assert [tuple(p.shape) for p in params] == [v.shape for v in model.params.values()]
-    with torch.no_grad():
-        for p, v in zip(params, model.params.values()):
-            p.copy_(torch.from_numpy(v))
+    assert [tuple(p.shape) for p in make().parameters()] == [v.shape for v in model.params.values()]
     rng = np.random.default_rng(0)
     x = rng.random((4, *shape), dtype=np.float32)
     y = rng.integers(0, classes, 4)
-    twin.eval()  # first: a training forward would move the twin's running statistics
-    with torch.no_grad():
-        assert rel_err(model.forward(x), twin(torch.from_numpy(x)).numpy()) <= 1e-4
+    logits = model.forward(x)
     loss, grads = model.loss_and_grads(x, y)
-    twin.train()
-    expected = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
-    expected.backward()
-    assert rel_err(loss, expected.item()) <= 1e-4
-    # a gradient that is 0 in exact arithmetic (a convolution's bias before a batch norm) is
-    # rounding noise on both sides: both must be tiny beside the model's largest gradient
-    largest = max(float(np.abs(p.grad.numpy()).max()) for p in params)
-    for (k, g), p in zip(grads.items(), params):
-        if np.abs(p.grad.numpy()).max() < 1e-5 * largest:
-            assert np.abs(g).max() < 1e-5 * largest, k
-        else:
-            assert rel_err(g, p.grad.numpy()) <= 1e-4, k
+    truth = run_twin(torch, make, model.params.values(), x, y, torch.float64)
+    torch32 = run_twin(torch, make, model.params.values(), x, y, torch.float32)
+
+    def close(ours, true, theirs, what):
+        bound = max(1e-4, 10 * rel_err(theirs, true))
+        assert rel_err(ours, true) <= bound, (what, rel_err(ours, true), rel_err(theirs, true))
+
+    close(logits, truth[0], torch32[0], "logits")
+    close(loss, truth[1], torch32[1], "loss")
+    for k, ours, true, theirs in zip(grads, grads.values(), truth[2], torch32[2]):
+        close(ours, true, theirs, k)
 
 
 @pytest.mark.parametrize("name", ZOO)
