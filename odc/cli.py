@@ -30,21 +30,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_data(sub):
-    p = sub.add_parser("data", help="list the data sets odc finds, or fetch EMNIST")
+    p = sub.add_parser("data", help="list the data sets odc finds, or fetch EMNIST or CIFAR-10")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     ls = actions.add_parser("list", help="show which data sets are found where")
     ls.add_argument("--data", metavar="DIR", type=_folder,
                     help="also list DIR, the one folder compile-and-train --data DIR looks in")
     ls.set_defaults(func=lambda args: print(_data().describe_data(args.data)))
-    fetch = actions.add_parser("fetch", help="download and unpack EMNIST (about 560 MB)")
-    fetch.add_argument("dataset", choices=["emnist"])
-    fetch.add_argument("--url", help="the zip archive to download (default: the official NIST archive)")
+    fetch = actions.add_parser("fetch", help="download, check and unpack EMNIST (about 560 MB) or CIFAR-10 "
+                                             "(the official binary archive, 170 MB)")
+    fetch.add_argument("dataset", choices=["emnist", "cifar10"])
+    fetch.add_argument("--url", help="the archive to download (default: the official one: NIST's zip "
+                                     "for EMNIST, the binary .tar.gz from cs.toronto.edu for CIFAR-10)")
     fetch.add_argument("--sha256", metavar="HEX", help="its expected SHA-256 (required with --url)")
     fetch.add_argument("--dest", metavar="DIR", type=_folder,
-                       help="unpack into DIR/emnist (default: $ODC_DATA_HOME or ~/.cache/odc/data)")
-    fetch.set_defaults(func=lambda args: print(
-        f"EMNIST unpacked into {_data().fetch_emnist(args.dest, args.url, args.sha256)}"))
+                       help="unpack into DIR/emnist or DIR/cifar10/cifar-10-batches-bin "
+                            "(default: $ODC_DATA_HOME or ~/.cache/odc/data)")
+    fetch.set_defaults(func=_fetch)
+
+
+def _fetch(args):
+    if args.dataset == "cifar10":
+        print(f"CIFAR-10 unpacked into {_data().fetch_cifar10(args.dest, args.url, args.sha256)}")
+    else:
+        print(f"EMNIST unpacked into {_data().fetch_emnist(args.dest, args.url, args.sha256)}")
 
 
 def _data():
@@ -114,7 +123,10 @@ def _compile_and_train(a):
 
 
 def _register_eval(sub):
-    p = sub.add_parser("eval", help="accuracy of a checkpoint on its data set's test part")
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on its data set's test part",
+                       description="Evaluate a checkpoint on the test part of its data set (found in --data "
+                                   "DIR, else where the run found it). Where there is no test part, it "
+                                   "evaluates on the validation part the run held out.")
     p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
     p.add_argument("--data", metavar="DIR", type=_folder, help="the folder that holds the data set")
     p.set_defaults(func=_eval)
@@ -126,10 +138,15 @@ def _eval(a):
 
 
 def _register_predict(sub):
-    p = sub.add_parser("predict", help="the top-5 classes of a picture of one character",
-                       description="Classify one picture. EMNIST is white ink on black; a picture whose "
-                                   "border is mostly light is inverted first. A picture that is not "
-                                   "28x28 is cropped to its ink, centred and resized.")
+    p = sub.add_parser("predict", help="the top-5 classes of one picture, with their names",
+                       description="Classify one picture with a checkpoint, prepared for the model's input "
+                                   "(its channels, height and width). A model of colour images (or of an "
+                                   "image folder) gets the picture converted to RGB (or grey) and resized, "
+                                   "as imagefolder prepares its images. A model of grey characters "
+                                   "(EMNIST, MNIST, Fashion-MNIST, idx) gets it as EMNIST was made: white "
+                                   "ink on black (a picture whose border is mostly light is inverted "
+                                   "first); a picture of another size is cropped to its ink, centred and "
+                                   "resized.")
     p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
     p.add_argument("image", metavar="IMAGE", help="a PNG (or any format Pillow reads)")
     p.set_defaults(func=_predict)

@@ -1,6 +1,7 @@
-"""The `train NAME:` block → a `Recipe`: data set, loss, optimizer and its arguments, epochs,
-batch size, seed. Every value is a constant; each key is checked on its own, so several bad keys
-are reported together. `data` is required; another key left out keeps the `Recipe` default.
+"""The `train NAME:` block → a `Recipe`: data set, validation fraction, loss, optimizer and its
+arguments, epochs, batch size, seed. Every value is a constant; each key is checked on its own,
+so several bad keys are reported together. `data` is required; another key left out keeps the
+`Recipe` default.
 The model's graph carries the recipe as a dict (`Recipe.as_dict`) in ``graph.meta["recipe"]``."""
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ def _usage(params: dict) -> str:
 
 
 OPTIMIZER_USAGE = {name: _usage(params) for name, params in OPTIMIZERS.items()}
-KEYS = ("data", "loss", "optimizer", "epochs", "batch", "seed")
+KEYS = ("data", "valid", "loss", "optimizer", "epochs", "batch", "seed")
 
 
 @dataclass
 class Recipe:
     model: str
-    data: tuple | None = None  # ("emnist", SPLIT), ("mnist",), ("fashion_mnist",) or ("idx", DIR)
+    data: tuple | None = None  # ("emnist", SPLIT), ("mnist",), ("idx", DIR), ... (see odc.datasets)
+    valid: float | None = None  # the fraction of the training part held out for validation
     classes: int | None = None  # the data set's class count, None where unknown before loading
     image: tuple[int, int, int] | None = None  # [channels, height, width] of its images, where known
     loss: str = "cross_entropy"
@@ -43,17 +45,14 @@ class Recipe:
 
     def as_dict(self) -> dict:
         """The recipe as the rest of odc reads it from ``graph.meta["recipe"]`` (JSON-ready)."""
-        return {"data": list(self.data) if self.data else None, "loss": self.loss,
+        return {"data": list(self.data) if self.data else None,
+                **({"valid": self.valid} if self.valid is not None else {}), "loss": self.loss,
                 "optimizer": {"name": self.optimizer, **self.optimizer_args},
                 "epochs": self.epochs, "batch": self.batch, "seed": self.seed}
 
     @property
     def data_text(self) -> str | None:
-        if self.data is None:
-            return None
-        kind, *args = self.data
-        quoted = ", ".join(f'"{a}"' for a in args)
-        return f"{kind}({quoted})"
+        return None if self.data is None else datasets.data_text(self.data)
 
 
 def lower_train(t: ast.Train, diags: list[Diagnostic]) -> Recipe:
@@ -73,7 +72,8 @@ def lower_train(t: ast.Train, diags: list[Diagnostic]) -> Recipe:
             diags.append(e.diagnostic)
     if "data" not in r.spans:
         diags.append(Diagnostic(f"the train block of {t.model} sets no data", t.span,
-                                'add data = emnist("balanced"), mnist(), fashion_mnist() or idx("DIR")'))
+                                'add data = emnist("balanced"), mnist(), fashion_mnist(), idx("DIR"), '
+                                'cifar10() or imagefolder("DIR", size=[h, w])'))
     return r
 
 
@@ -90,15 +90,53 @@ def _choose(e: ast.Expr, what: str, table) -> tuple[str, dict[str, tuple]]:
 
 
 def _set_data(r: Recipe, e: ast.Expr) -> None:
-    kind, args = _choose(e, "data set", datasets.KINDS)
-    for v, span in args.values():  # the EMNIST split or the idx folder
-        if not isinstance(v, str):
-            raise Fail(f"{kind} expects a string, got {od_text(v)}", span)
-        if kind == "emnist" and v not in EMNIST_SPLITS:
-            raise Fail(f"unknown EMNIST split {od_text(v)}", span,
-                       did_you_mean(v, EMNIST_SPLITS) or f"one of {', '.join(EMNIST_SPLITS)}")
-    r.data = (kind, *(v for v, _ in args.values()))
+    call = as_call(e)
+    if call is not None and call.func == "imagefolder":
+        r.data = _imagefolder(call)
+    else:
+        kind, args = _choose(e, "data set", datasets.KINDS)
+        for v, span in args.values():  # the EMNIST split or the idx folder
+            if not isinstance(v, str):
+                raise Fail(f"{kind} expects a string, got {od_text(v)}", span)
+            if kind == "emnist" and v not in EMNIST_SPLITS:
+                raise Fail(f"unknown EMNIST split {od_text(v)}", span,
+                           did_you_mean(v, EMNIST_SPLITS) or f"one of {', '.join(EMNIST_SPLITS)}")
+        r.data = (kind, *(v for v, _ in args.values()))
     r.classes, r.image = datasets.classes(*r.data), datasets.image_shape(*r.data)
+
+
+def _imagefolder(call: ast.Call) -> tuple[str, ...]:
+    """imagefolder(DIR, size=[h, w] or size=S, channels=3): each argument checked at its place."""
+    args = bind("imagefolder", datasets.KINDS["imagefolder"], call)
+    folder = literal(args["dir"])
+    if not isinstance(folder, str):
+        raise Fail(f"imagefolder expects a string, got {od_text(folder)}", args["dir"].span,
+                   'the folder of class folders, or a .tar/.tar.gz of them, e.g. "data/pets"')
+    if not folder.strip():
+        raise Fail("imagefolder expects a folder name, got an empty string", args["dir"].span)
+    size = args["size"]
+    items = size.items if isinstance(size, ast.List) else [size]
+    values = [literal(i) for i in items]
+    top = datasets.MAX_SIDE
+    count = 2 if isinstance(size, ast.List) else 1
+    if len(values) != count or not all(type(v) is int and 1 <= v <= top for v in values):
+        shown = od_text(values) if isinstance(size, ast.List) else od_text(values[0])
+        raise Fail(f"imagefolder: size must be [height, width] (or one side for a square), integers from "
+                   f"1 to {top:,}, got {shown}", size.span, "e.g. size=[32, 32]: every image is resized to it")
+    h, w = values * 2 if len(values) == 1 else values
+    channels = literal(args["channels"]) if "channels" in args else 3
+    if not (type(channels) is int and channels in datasets.IMAGEFOLDER_CHANNELS):
+        raise Fail(f"imagefolder: channels must be 1 (grey) or 3 (RGB), got {od_text(channels)}",
+                   args["channels"].span)
+    return datasets.imagefolder_spec(folder, (h, w), channels)
+
+
+def _set_valid(r: Recipe, e: ast.Expr) -> None:
+    v = literal(e)
+    if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1):
+        raise Fail(f"valid must be a fraction between 0 and 1 (exclusive), got {od_text(v)}", e.span,
+                   "the fraction of the training part held out for validation, e.g. valid = 0.1")
+    r.valid = float(v)
 
 
 def _set_loss(r: Recipe, e: ast.Expr) -> None:
@@ -130,5 +168,5 @@ def _count(key: str, lo: int, hi: int):
 
 
 LIMITS = {"epochs": (1, 100_000), "batch": (1, 1_000_000), "seed": (0, 2**63 - 1)}  # (lo, hi), inclusive
-_SETTERS = {"data": _set_data, "loss": _set_loss, "optimizer": _set_optimizer,
+_SETTERS = {"data": _set_data, "valid": _set_valid, "loss": _set_loss, "optimizer": _set_optimizer,
             **{key: _count(key, lo, hi) for key, (lo, hi) in LIMITS.items()}}

@@ -7,18 +7,25 @@ recipe's size (the last one holds the remainder: every image is used once per ep
 `model.train_step` on each. The one exception: a last batch in which a batch norm would see one
 value per channel (a single image, after the spatial size has shrunk to 1x1) cannot be trained
 on (see `odc.program`); it is left out of every epoch, with a note. Then check that every
-parameter and state value is finite and evaluate on the test part (top-1 accuracy and the
-recipe's loss): a run that diverged stops there with an OdcError (exit 1), keeping the last good
-checkpoint. Otherwise write the checkpoint atomically, then `metrics.jsonl` (rewritten from the
-checkpoint's history, so the two always agree after a resume; strict JSON, see
-`checkpoint.json_text`) and `curves.png`; a write that fails (a full disk...) is an OdcError
-naming the file. After the last epoch: per-class accuracy and the pairs of classes the model
-confuses most.
+parameter and state value is finite and evaluate (top-1 accuracy and the recipe's loss) on the
+validation part if the run holds one out, else on the test part: a run that diverged stops there
+with an OdcError (exit 1), keeping the last good checkpoint. Otherwise write the checkpoint
+atomically, then `metrics.jsonl` (rewritten from the checkpoint's history, so the two always agree
+after a resume; strict JSON, see `checkpoint.json_text`) and `curves.png`; a write that fails (a
+full disk...) is an OdcError naming the file. After the last epoch: the accuracy on the test part
+if the run validated on a held-out part, then per-class accuracy and the pairs of classes the
+model confuses most.
+
+Validation: the recipe's `valid` fraction of the training part (of each class, drawn with the
+recipe's seed, so the same on every run and resume) is held out; a data set without a test part
+holds out DEFAULT_VALID when `valid` is not set (recorded in the checkpoint's recipe, so that
+`odc eval` can evaluate on that part when there is still no test part).
 
 Messages: `log` (stdout by default) gets the run's lines; notes and compile events (what is
 compiled for which batch, and how long it took) go to stderr, on a terminal or not.
 
-Images go to the model as float32 `[B, 1, H, W]` scaled to [0, 1], labels as int64.
+Images stay uint8 in memory (`[n, H, W]` grey or `[n, C, H, W]`) and go to the model a batch at
+a time as float32 `[B, C, H, W]` scaled to [0, 1], labels as int64.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ from odc.checkpoint import Checkpoint
 from odc.errors import OdcError
 from odc.frontend.lower import od_text
 from odc.ir.ops import cross_entropy_ref, log_softmax_ref
-from odc.runtime.data import Dataset, as_float, load_dataset
+from odc.runtime.data import DEFAULT_VALID, Dataset, as_float, decode_image, hold_out, load_dataset
 
 EVAL_BATCH = 500
 METRICS, PLOT = "metrics.jsonl", "curves.png"
@@ -52,22 +59,23 @@ class Evaluation:
     accuracy: float
     predicted: np.ndarray   # top-1 class per image
     labels: np.ndarray
+    part: str = "test"      # which part it was measured on: "test" or "validation"
 
 
 def predict_logits(model, images: np.ndarray) -> np.ndarray:
-    """Logits for uint8 images [n, H, W], computed EVAL_BATCH at a time."""
+    """Logits for uint8 images [n, H, W] or [n, C, H, W], computed EVAL_BATCH at a time."""
     return np.concatenate([model.forward(as_float(images[i:i + EVAL_BATCH]))
                            for i in range(0, len(images), EVAL_BATCH)])
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, loss: str) -> Evaluation:
+def evaluate(model, images: np.ndarray, labels: np.ndarray, loss: str, part: str = "test") -> Evaluation:
     logits = predict_logits(model, images).astype(np.float64)
     if loss == "mse":
         value = float(((logits - np.eye(logits.shape[1])[labels]) ** 2).mean())
     else:
         value = float(cross_entropy_ref(logits, labels, {}))
     predicted = logits.argmax(axis=1)
-    return Evaluation(value, float((predicted == labels).mean()), predicted, labels)
+    return Evaluation(value, float((predicted == labels).mean()), predicted, labels, part)
 
 
 def class_report(ev: Evaluation, classes: list[str], columns: int = 4, pairs: int = 10) -> str:
@@ -79,7 +87,7 @@ def class_report(ev: Evaluation, classes: list[str], columns: int = 4, pairs: in
     width = max(map(len, classes))
     cells = [f"{c:>{width}} {confusion[i, i] / count[i]:6.1%} of {count[i]:<5,}" if count[i] else
              f"{c:>{width}} {'-':>6} of 0    " for i, c in enumerate(classes)]
-    lines = ["per-class accuracy on the test part:"]
+    lines = [f"per-class accuracy on the {ev.part} part:"]
     lines += ["  " + "   ".join(cells[i:i + columns]).rstrip() for i in range(0, k, columns)]
     off = confusion * (1 - np.eye(k, dtype=np.int64))
     worst = [divmod(int(i), k) for i in np.argsort(-off, axis=None, kind="stable")[:pairs]]
@@ -107,11 +115,18 @@ def plot(out: Path, history: list[dict], title: str) -> None:
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    loss_ax.plot(epochs, [r["test_loss"] for r in history], "o-", label="test")
+    parts = [p for p in ("valid", "test") if any(r.get(f"{p}_loss") is not None for r in history)]
+    for part, color in zip(parts, ("C1", "C2") if len(parts) == 2 else ("C1",)):
+        name = "validation" if part == "valid" else part
+        loss_ax.plot(epochs, [_nan(r.get(f"{part}_loss")) for r in history], "o-", color=color, label=name)
+        acc_ax.plot(epochs, [100 * _nan(r.get(f"{part}_accuracy")) for r in history], "o-", color=color,
+                    label=name)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     loss_ax.legend()
-    acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in history], "o-", color="C1", label="test")
-    acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="test accuracy")
+    acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)",
+               title=" and ".join("validation" if p == "valid" else p for p in parts) + " accuracy")
+    if len(parts) > 1:
+        acc_ax.legend()
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -119,6 +134,10 @@ def plot(out: Path, history: list[dict], title: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     checkpoint.write_atomic(out / PLOT, buf.getvalue(), "the plot")
+
+
+def _nan(v) -> float:
+    return math.nan if v is None else v
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -157,9 +176,11 @@ def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc
 
 def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch: int,
         log=print) -> Evaluation | None:
-    """Train from `ckpt.epoch` up to `epochs` epochs. After each epoch: evaluate, then write the
-    checkpoint (params, optimizer state, RNG state, history) atomically, `metrics.jsonl` and the
-    plot. Returns the last evaluation (None when there was no epoch left to run)."""
+    """Train from `ckpt.epoch` up to `epochs` epochs. After each epoch: evaluate on the validation
+    part (`data.valid_x`) if there is one, else on the test part; after the last, with a validation
+    part, on the test part too (if there is one). Then write the checkpoint (params, optimizer
+    state, RNG state, history) atomically, `metrics.jsonl` and the plot. Returns the last
+    evaluation, on the test part where there was one (None when there was no epoch left to run)."""
     rng = np.random.default_rng((ckpt.recipe["seed"], 1))  # a stream apart from the model's own
     if "shuffle" in ckpt.rng:
         rng.bit_generator.state = ckpt.rng["shuffle"]
@@ -179,16 +200,29 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         if bad:
             raise OdcError(f"the training diverged in epoch {epoch}: after its last step {bad}; {kept}\n"
                            f"hint: lower the learning rate (--lr)")
-        ev = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
+        held = data.valid_x is not None
+        ev = (evaluate(model, data.valid_x, data.valid_y, ckpt.recipe["loss"], "validation") if held else
+              evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"]))
         if not math.isfinite(ev.loss):
-            raise OdcError(f"the training diverged in epoch {epoch}: the test loss is {ev.loss} (some logits "
-                           f"are not finite); {kept}\nhint: lower the learning rate (--lr)")
-        record = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev.loss,
-                  "test_accuracy": ev.accuracy, "samples_per_s": len(data.train_y) / seconds,
-                  "train_seconds": seconds, "eval_seconds": time.perf_counter() - t0 - seconds}
+            raise OdcError(f"the training diverged in epoch {epoch}: the {'validation' if held else 'test'} loss "
+                           f"is {ev.loss} (some logits are not finite); {kept}\nhint: lower the learning rate (--lr)")
+        final = None
+        if held and epoch == epochs and data.test_x is not None:
+            final = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
+        part = "valid" if held else "test"
+        record = {"epoch": epoch, "train_loss": train_loss, f"{part}_loss": ev.loss, f"{part}_accuracy": ev.accuracy}
+        if held:
+            record.update(test_loss=None if final is None else final.loss,
+                          test_accuracy=None if final is None else final.accuracy)
+        record.update(samples_per_s=len(data.train_y) / seconds, train_seconds=seconds,
+                      eval_seconds=time.perf_counter() - t0 - seconds)
         log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train loss {train_loss:.4f}  "
-            f"test loss {ev.loss:.4f}  test accuracy {ev.accuracy:6.2%}  "
+            f"{part} loss {ev.loss:.4f}  {part} accuracy {ev.accuracy:6.2%}  "
             f"{record['samples_per_s']:,.0f} images/s  {seconds:.1f}s")
+        if final is not None:
+            log(f"test loss {final.loss:.4f}  test accuracy {final.accuracy:6.2%} on the {len(data.test_y):,} "
+                f"test images, after the last epoch")
+            ev = final
         ckpt.epoch = epoch
         ckpt.rng = {"shuffle": rng.bit_generator.state, "model": model.rng.bit_generator.state}
         ckpt.history.append(record)
@@ -262,7 +296,14 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     if resume is not None:
         program.restore(model, ckpt)
     data = _run_data(ckpt, data_dir)
+    if data.train_x is None:
+        raise OdcError(f"{data.name} in {data.source} has no training part"
+                       f"{' (only a test part, which serves odc eval)' if data.test_x is not None else ''}: "
+                       f"there is nothing to train {prog.name} on\nhint: add the training part beside it, "
+                       f"or pass --data with the folder that holds it")
     _check_classes(model, data)
+    _check_images(model, data)
+    data = _held_out(data, recipe)
     ckpt.classes = data.classes
     ckpt.data = ckpt.data or {"name": data.name, "source": data.source,
                               "dir": None if data_dir is None else str(Path(data_dir).resolve())}
@@ -272,9 +313,11 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
         raise OdcError(f"--out {run_dir}: error: cannot create the folder: {e.strerror}") from None
     write_metrics(run_dir, ckpt.history)
     n_params = sum(p.size for p in model.params.values())
+    counts = [f"{len(data.train_y):,} train"]
+    counts += [f"{len(data.valid_y):,} validation"] if data.valid_y is not None else []
+    counts += [f"{len(data.test_y):,} test"] if data.test_y is not None else []
     log(f"{'resuming' if resume is not None else 'training'} {prog.name} ({path}, {n_params:,} parameters) "
-        f"on {data.name}: {len(data.train_y):,} train / {len(data.test_y):,} test images, "
-        f"{len(data.classes)} classes")
+        f"on {data.name}: {' / '.join(counts)} images, {len(data.classes)} classes")
     log(f"recipe: {_describe(recipe)}; run folder {run_dir}"
         + (f"; continuing after epoch {ckpt.epoch}" if resume is not None else ""))
     ev = fit(model, data, ckpt, run_dir, epochs=recipe["epochs"], batch=recipe["batch"], log=log)
@@ -287,20 +330,33 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     return run_dir
 
 
-def _run_data(ckpt: Checkpoint, data_dir) -> Dataset:
+def _run_data(ckpt: Checkpoint, data_dir, parts=("train", "test"), quiet=False) -> Dataset:
     """The data set of a run: found from `data_dir` (--data) if given; else from where the run
-    found it when it started, and then it must be the same data set."""
+    found it when it started, and then it must be the same data set. `parts`: those needed
+    (a data set that can read one part alone reads only these)."""
     stored = ckpt.data
     if not ckpt.recipe.get("data"):
         raise OdcError(f"{ckpt.path}: error: the checkpoint names no data set (its model has no train block)\n"
                        f"hint: train it with 'odc compile-and-train' and a train block that sets data")
-    data = load_dataset(ckpt.recipe["data"], data_dir if data_dir is not None else stored.get("dir"))
+    data = load_dataset(ckpt.recipe["data"], data_dir if data_dir is not None else stored.get("dir"), parts)
     if data_dir is None and stored and (data.name, data.source) != (stored["name"], stored["source"]):
         raise OdcError(f"the run trained on {stored['name']} from {stored['source']}, but odc now finds "
                        f"{data.name} in {data.source}\nhint: pass --data with the folder the run trained on")
-    if data.note:
+    if data.note and not quiet:
         note(f"note: {data.note}")
     return data
+
+
+def _held_out(data: Dataset, recipe: dict) -> Dataset:
+    """`data` with the recipe's validation part held out of its training part; without a test
+    part and without `valid`, DEFAULT_VALID of it (written into the recipe)."""
+    fraction = recipe.get("valid")
+    if fraction is None and data.test_x is None:
+        fraction = recipe["valid"] = DEFAULT_VALID
+        note(f"note: {data.name} in {data.source} has no test part: {fraction:.0%} of the training part "
+             f"(of each class, drawn with seed {recipe['seed']}) is held out for validation; "
+             f"'valid = FRACTION' in the train block chooses another fraction")
+    return data if fraction is None else hold_out(data, fraction, recipe["seed"])
 
 
 def _check_classes(model, data: Dataset) -> None:
@@ -311,17 +367,52 @@ def _check_classes(model, data: Dataset) -> None:
                        f"hint: give the model {len(data.classes)} outputs (e.g. classes = {len(data.classes)})")
 
 
+def _input_shape(model) -> tuple:
+    """[channels, height, width] of the images the model takes."""
+    return tuple(model.program.graph.inputs()[0].type.shape[1:])
+
+
+def _check_images(model, data: Dataset) -> None:
+    """The front end checks a data set whose image shape it knows; this checks the others (idx)."""
+    want, have = _input_shape(model), data.image_shape
+    if want != have:
+        shape = ", ".join(map(str, have))
+        raise OdcError(f"the model takes images [{', '.join(map(str, want))}] but {data.name} in {data.source} "
+                       f"has images [{shape}] (channels, height, width)\n"
+                       f"hint: declare the model's input f32[N, {shape}]")
+
+
 def eval_checkpoint(path, data_dir=None, log=print) -> Evaluation:
     """`odc eval`: accuracy of a checkpoint on the test part of its recipe's data set."""
     ckpt = checkpoint.read(path)
     model = program.build(ckpt, log=note)
-    data = _run_data(ckpt, data_dir)
+    data = _run_data(ckpt, data_dir, parts=("test",), quiet=True)
+    fraction = ckpt.recipe.get("valid")
+    if fraction is not None and not (type(fraction) in (int, float) and 0 < fraction < 1):
+        raise OdcError(f"{ckpt.path}: error: the checkpoint's recipe.valid is {fraction!r}, not a fraction "
+                       f"between 0 and 1")
+    if data.test_x is None and fraction:  # the part the run held out, as it held it out
+        data = _run_data(ckpt, data_dir, parts=("train",))
+    elif data.note:
+        note(f"note: {data.note}")
     if ckpt.classes and data.classes != ckpt.classes:
         raise OdcError(f"{data.name} in {data.source} has other classes than the data the checkpoint "
                        f"was trained on")
     _check_classes(model, data)
-    ev = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
-    log(f"{ckpt.model} after {_epochs(ckpt.epoch)}, on {data.name} ({len(data.test_y):,} test images): "
+    if data.test_x is not None:
+        _check_images(model, data)
+        images, labels, part = data.test_x, data.test_y, "test"
+    elif data.train_x is not None and fraction:
+        _check_images(model, data)
+        data = hold_out(data, fraction, ckpt.recipe["seed"])
+        images, labels, part = data.valid_x, data.valid_y, "validation"
+        note(f"note: {data.name} in {data.source} has no test part: evaluating on the validation part the run "
+             f"held out ({fraction:g} of the training part, seed {ckpt.recipe['seed']})")
+    else:
+        raise OdcError(f"{data.name} in {data.source} has no test part to evaluate {ckpt.model} on\n"
+                       f"hint: pass --data with a folder that holds the test part")
+    ev = evaluate(model, images, labels, ckpt.recipe["loss"], part)
+    log(f"{ckpt.model} after {_epochs(ckpt.epoch)}, on {data.name} ({len(labels):,} {part} images): "
         f"top-1 accuracy {ev.accuracy:.2%}, loss {ev.loss:.4f}")
     log(class_report(ev, data.classes))
     return ev
@@ -365,16 +456,48 @@ def read_image(path, size: int = 28) -> tuple[np.ndarray, str]:
     return np.uint8(np.clip(x, 0, 1) * 255 + 0.5), ", ".join(notes) or f"used as it is ({size}x{size})"
 
 
+def read_picture(path, size: tuple[int, int], channels: int) -> tuple[np.ndarray, str]:
+    """A picture as uint8 [channels, h, w], converted and resized as `imagefolder` prepares its
+    images (RGB or grey, bilinear); also a note on what was done to it."""
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise OdcError(f"{path}: no such file") from None
+    except OSError as e:
+        raise OdcError(f"{path}: error: cannot read: {e.strerror or e}") from None
+    image = decode_image(data, f"{path}", size, channels, formats=None)
+    with Image.open(io.BytesIO(data)) as im:
+        (w0, h0), mode = im.size, im.mode
+    want = "RGB" if channels == 3 else "L"
+    notes = [] if mode == want else [f"converted from {mode} to {'RGB' if channels == 3 else 'grey'}"]
+    notes += [f"resized from {w0}x{h0} to {size[1]}x{size[0]}"] if (h0, w0) != tuple(size) else []
+    return image, ", ".join(notes) or f"used as it is ({size[1]}x{size[0]})"
+
+
 def predict(ckpt_path, image_path, top: int = 5, log=print) -> list[tuple[str, float]]:
-    """`odc predict`: the `top` most likely classes of one image, with probabilities."""
+    """`odc predict`: the `top` most likely classes of one image, with probabilities. The picture
+    is prepared for the model's input: a grey square input of a character data set (EMNIST, MNIST,
+    Fashion-MNIST, idx) as `read_image` frames a character; any other as `read_picture`."""
     ckpt = checkpoint.read(ckpt_path)
     model = program.build(ckpt, log=note)
-    image, how = read_image(image_path)
+    shape = _input_shape(model)
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape):
+        raise OdcError(f"{ckpt.model} takes {model.program.graph.inputs()[0].type}, not a batch of images "
+                       f"[N, channels, height, width]: odc predict has no picture to give it")
+    channels, h, w = shape
+    kind = (ckpt.recipe.get("data") or ["emnist"])[0]
+    if channels == 1 and h == w and kind in ("emnist", "mnist", "fashion_mnist", "idx"):
+        image, how = read_image(image_path, h)
+    else:
+        image, how = read_picture(image_path, (h, w), channels)
     logits = model.forward(as_float(image[None])).astype(np.float64)[0]
     prob = np.exp(log_softmax_ref(logits, {}))
     classes = ckpt.classes or [str(i) for i in range(len(prob))]
     best = [(classes[i], float(prob[i])) for i in np.argsort(-prob, kind="stable")[:top]]
     log(f"{image_path}: {how}")
+    width = max(5, *(len(repr(c)) for c, _ in best))
     for rank, (c, p) in enumerate(best, 1):
-        log(f"  {rank}. {c!r:<5} {p:7.2%}")
+        log(f"  {rank}. {c!r:<{width}} {p:7.2%}")
     return best

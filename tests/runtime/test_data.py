@@ -236,7 +236,7 @@ def test_inconsistent_data_sets(tmp_path, damage, expected):
 
 
 def test_bad_specs(tmp_path):
-    for spec in [("emnist", "klingon"), ("cifar10",), ("mnist", "x")]:
+    for spec in [("emnist", "klingon"), ("cifar100",), ("cifar10", "x"), ("mnist", "x")]:
         with pytest.raises(OdcError, match="unknown data set"):
             load_dataset(spec)
     with pytest.raises(OdcError, match="no such folder"):
