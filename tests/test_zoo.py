@@ -105,12 +105,45 @@ def twins(torch):
             cin = cout
         return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1024, 10))
 
-    return {"resnet20.od": (ResNet20, (3, 32, 32), 10), "mobilenet.od": (mobilenet, (3, 32, 32), 10), "vgg11.od": (vgg11, (3, 32, 32), 10),
+    class GoogLeNet(nn.Module):
+        @staticmethod
+        def conv(cin, c, k):
+            return nn.Sequential(nn.Conv2d(cin, c, k, padding=k // 2, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+
+        class Inception(nn.Module):
+            def __init__(self, cin, c1, r3, c3, r5, c5, cp):
+                super().__init__()
+                conv = GoogLeNet.conv
+                self.a = conv(cin, c1, 1)
+                self.b = nn.Sequential(conv(cin, r3, 1), conv(r3, c3, 3))
+                self.c = nn.Sequential(conv(cin, r5, 1), conv(r5, c5, 5))
+                self.d = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(cin, cp, 1))
+
+            def forward(self, x):
+                return torch.cat([self.a(x), self.b(x), self.c(x), self.d(x)], 1)
+
+        def __init__(self):
+            super().__init__()
+            self.stem = self.conv(3, 64, 3)
+            self.i1 = self.Inception(64, 32, 48, 64, 8, 16, 16)
+            self.i2 = self.Inception(128, 64, 64, 96, 16, 32, 32)
+            self.i3 = self.Inception(224, 96, 48, 104, 8, 24, 32)
+            self.i4 = self.Inception(256, 128, 80, 160, 16, 32, 64)
+            self.fc = nn.Linear(384, 10)
+
+        def forward(self, x):
+            pool = nn.functional.max_pool2d
+            x = self.i2(self.i1(self.stem(x)))
+            x = self.i4(pool(self.i3(pool(x, 3, 2, 1)), 3, 2, 1))
+            return self.fc(x.mean((2, 3)))
+
+    return {"resnet20.od": (ResNet20, (3, 32, 32), 10), "mobilenet.od": (mobilenet, (3, 32, 32), 10),
+            "googlenet.od": (GoogLeNet, (3, 32, 32), 10), "vgg11.od": (vgg11, (3, 32, 32), 10),
             "alexnet.od": (alexnet, (3, 32, 32), 10), "mixer.od": (Mixer, (1, 28, 28), 47)}
 
 
 # model file -> (hyper-parameters for the test, published parameter count and tolerance)
-ZOO = {"resnet20.od": ({}, (0.27e6, 0.01e6)), "mobilenet.od": ({}, (3.2e6, 0.05e6)), "vgg11.od": ({}, (9.23e6, 0.01e6)),
+ZOO = {"resnet20.od": ({}, (0.27e6, 0.01e6)), "mobilenet.od": ({}, (3.2e6, 0.05e6)), "googlenet.od": ({}, None), "vgg11.od": ({}, (9.23e6, 0.01e6)),
        "alexnet.od": ({"drop": 0}, None), "mixer.od": ({}, None)}
 
 
