@@ -30,7 +30,7 @@ import numpy as np
 from odc.codegen import cache, jit, lower
 from odc.codegen import threads as thread_choice
 from odc.errors import OdcError
-from odc.ir import ops
+from odc.ir.dtypes import NP_DTYPES
 from odc.ir.graph import Graph
 from odc.ir.printer import print_graph
 
@@ -107,11 +107,11 @@ class Executable:
         self.num_threads = num_threads(threads)
         self.threads = thread_choice.Choice(self.num_threads,
                                             adaptive=threads is None and thread_choice.fixed() is None)
-        self._args = [(n, np.dtype(ops.NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
+        self._args = [(n, np.dtype(NP_DTYPES[d]), tuple(s)) for n, d, s in layout.args]
         self._last = [(_UNSET, 0)] * len(self._args)  # (array, address) of the previous call
         self._outs, offset = [], 0  # (name, dtype, shape, byte offset in one allocation)
         for name, d, shape in layout.outputs:
-            dt = np.dtype(ops.NP_DTYPES[d])
+            dt = np.dtype(NP_DTYPES[d])
             self._outs.append((name, dt, tuple(shape), offset))
             offset += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // 64) * 64
         self._out_bytes = offset

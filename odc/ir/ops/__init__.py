@@ -12,4 +12,3 @@ from odc.ir.ops import conv, elementwise, nn, norm, pool, tensor  # noqa: F401 (
 from odc.ir.ops.core import (BUILTINS, OPS, Arg, Builtin, Emit, OpDef, ShapeError, axes_of,  # noqa: F401
                              broadcast_shapes, evaluate, get, gradient, normalize_axis)
 from odc.ir.ops.tensor import cross_entropy_ref, log_softmax_ref  # noqa: F401
-from odc.ir.dtypes import NP_DTYPES  # noqa: F401
