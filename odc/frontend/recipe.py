@@ -11,7 +11,7 @@ from odc.errors import Diagnostic, OdcError, Span
 from odc.frontend import ast
 from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
 from odc.ir.passes.autodiff import LOSSES
-from odc.ir.passes.optimizer import DEFAULT, OPTIMIZERS, hyper_parameters, invalid
+from odc.ir.passes.optimizer import BOOLEAN, DEFAULT, OPTIMIZERS, hyper_parameters, invalid
 from odc import datasets
 from odc.datasets import EMNIST_SPLITS
 
@@ -150,7 +150,7 @@ def _set_optimizer(r: Recipe, e: ast.Expr) -> None:
         problem = invalid(key, v)
         if problem:
             raise Fail(f"{name}: {key} must be {problem}, got {od_text(v)}", span)
-    values = {k: v if k == "nesterov" else float(v) for k, (v, _) in args.items()}
+    values = {k: v if k in BOOLEAN else float(v) for k, (v, _) in args.items()}
     try:
         hp = hyper_parameters({"name": name, **values})
     except OdcError as err:

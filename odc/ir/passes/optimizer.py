@@ -1,13 +1,16 @@
 """Optimizer lowering: the loss-and-gradients graph becomes one training step.
 
 The optimizer of the train block (default `sgd(lr=0.01)`) is written out as elementwise ops
-(`mul`, `add`, `sub`, `div`, `sqrt` and scalar `const`s), so that a fusion pass can turn each
-parameter's update into one loop. Its state becomes explicit: `state` arguments, zero at the
+(`mul`, `add`, `sub`, `div`, `sqrt`, `gt` and scalar `const`s; LARS adds a `sum` over all axes
+for its norms), so that a fusion pass can turn each parameter's update into one loop. Its state becomes explicit: `state` arguments, zero at the
 start unless said otherwise, whose next values are outputs, so one call of the graph is one step:
 
-- `sgd(lr, momentum=0, nesterov=false, weight_decay=0)`, as torch.optim.SGD (no dampening):
-  g = grad + wd*p; buf = momentum*buf + g (state `<param>.momentum_buffer`);
-  g = g + momentum*buf with nesterov, else buf; p = p - lr*g.
+- `sgd(lr, momentum=0, dampening=0, nesterov=false, weight_decay=0)`, as torch.optim.SGD:
+  g = grad + wd*p; buf = momentum*buf + (1-dampening)*g (state `<param>.momentum_buffer`), except
+  at the first step, where buf = g; g = g + momentum*buf with nesterov, else buf; p = p - lr*g.
+  With a dampening (and a momentum) the first step is known by a scalar state `sgd.first_step`,
+  one at the start and zero after it: buf = momentum*buf + (1 - dampening + dampening*first)*g.
+  Without one buf starts at zero and momentum*0 + g is already g. Nesterov needs dampening 0.
 - `adam(lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0)`, as torch.optim.Adam:
   g = grad + wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g (states `<param>.exp_avg`,
   `.exp_avg_sq`); p = p - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps) at step t. The
@@ -15,6 +18,25 @@ start unless said otherwise, whose next values are outputs, so one call of the g
   `adam.beta2_power` (one at the start), each multiplied by its beta at every step.
 - `adamw(...)`: Adam with decoupled decay (default weight_decay=0.01, as torch.optim.AdamW):
   p is first scaled by 1 - lr*wd, and the decay is not added to the gradient.
+- `rmsprop(lr, alpha=0.99, eps=1e-8, momentum=0, centered=false, weight_decay=0)`, as
+  torch.optim.RMSprop: g = grad + wd*p; sq = alpha*sq + (1-alpha)*g*g (`<param>.square_avg`);
+  centered: ga = alpha*ga + (1-alpha)*g (`<param>.grad_avg`), avg = sqrt(sq - ga*ga) + eps,
+  else avg = sqrt(sq) + eps; with momentum buf = momentum*buf + g/avg
+  (`<param>.momentum_buffer`), p = p - lr*buf, else p = p - lr*g/avg.
+- `adagrad(lr, lr_decay=0, eps=1e-10, weight_decay=0)`, as torch.optim.Adagrad (initial
+  accumulator 0): g = grad + wd*p; sum = sum + g*g (`<param>.sum`);
+  p = p - lr/(1 + (t-1)*lr_decay) * g/(sqrt(sum) + eps) at step t, from a scalar state
+  `adagrad.step` (zero at the start, t-1 during step t, one more after it).
+- `adadelta(lr=1, rho=0.9, eps=1e-6, weight_decay=0)`, as torch.optim.Adadelta: g = grad + wd*p;
+  sq = rho*sq + (1-rho)*g*g (`<param>.square_avg`); d = sqrt(acc + eps)/sqrt(sq + eps) * g;
+  acc = rho*acc + (1-rho)*d*d (`<param>.acc_delta`); p = p - lr*d.
+- `lars(lr, momentum=0.9, trust=0.001, weight_decay=0)`, LARS as You et al. 2017 ("Large batch
+  training of convolutional networks", algorithm 1), per parameter tensor p of rank 2 or more:
+  local = trust*||p|| / (||grad|| + wd*||p||), or 1 where ||p|| or ||grad|| is 0 (Euclidean
+  norms over the whole tensor); v = momentum*v + lr*local*(grad + wd*p) (`<param>.momentum_buffer`,
+  only with a momentum); p = p - v. Parameters of rank 0 or 1 (biases, batch- and layer-norm
+  scales and shifts) are excluded from the adaptation and from the decay: v = momentum*v + lr*grad,
+  p = p - v (plain momentum SGD).
 
 The hyper-parameters are checked as torch.optim checks them (`hyper_parameters`); the front end
 reports the same problems at their place in the train block. The step is named
@@ -38,25 +60,36 @@ requires = ("autodiff",)
 
 # each optimizer's hyper-parameters and their defaults (PyTorch's); lr has none
 OPTIMIZERS = {
-    "sgd": {"lr": None, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    "sgd": {"lr": None, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
     "adam": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
     "adamw": {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
+    "rmsprop": {"lr": None, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False, "weight_decay": 0.0},
+    "adagrad": {"lr": None, "lr_decay": 0.0, "eps": 1e-10, "weight_decay": 0.0},
+    "adadelta": {"lr": 1.0, "rho": 0.9, "eps": 1e-6, "weight_decay": 0.0},
+    "lars": {"lr": None, "momentum": 0.9, "trust": 0.001, "weight_decay": 0.0},
 }
+BOOLEAN = {"nesterov", "centered"}  # true or false; every other hyper-parameter is a number
 DEFAULT = {"name": "sgd", "lr": 0.01}  # the optimizer of a model without a train block
 options = {"name": f"{', '.join(OPTIMIZERS)} (default: the train block's)",
            **{k: "a hyper-parameter of the optimizer" for opt in OPTIMIZERS.values() for k in opt}}
-# what each hyper-parameter must be (as torch.optim requires, but lr > 0): in words, and the test
+# what each hyper-parameter must be (as torch.optim requires, but lr > 0, dampening in [0, 1]
+# and LARS's trust > 0): in words, and the test
 VALID = {"lr": ("a number > 0", lambda v: v > 0),
          "momentum": ("a number >= 0", lambda v: v >= 0),
          "weight_decay": ("a number >= 0", lambda v: v >= 0),
          "eps": ("a number >= 0", lambda v: v >= 0),
          "beta1": ("a number in [0, 1)", lambda v: 0 <= v < 1),
-         "beta2": ("a number in [0, 1)", lambda v: 0 <= v < 1)}
+         "beta2": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+         "dampening": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+         "alpha": ("a number >= 0", lambda v: v >= 0),
+         "lr_decay": ("a number >= 0", lambda v: v >= 0),
+         "rho": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+         "trust": ("a number > 0", lambda v: v > 0)}
 
 
 def invalid(key: str, value) -> str | None:
     """What hyper-parameter `key` must be, in words, if `value` is not that; else None."""
-    if key == "nesterov":
+    if key in BOOLEAN:
         return None if isinstance(value, bool) else "true or false"
     words, ok = VALID[key]
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
@@ -83,11 +116,13 @@ def hyper_parameters(spec: dict) -> dict:
             raise OdcError(f"{kind}: {key} must be {problem}, got {value!r}")
     if hp.get("nesterov") and hp["momentum"] == 0:
         raise OdcError("sgd: nesterov needs a momentum > 0")
+    if hp.get("nesterov") and hp["dampening"] != 0:
+        raise OdcError("sgd: nesterov needs dampening = 0")
     return {"name": kind, **hp}
 
 
 def run(g: Graph, name: str | None = None, **settings) -> Graph:
-    """`name` ("sgd", "adam", "adamw") and hyper-parameters as `settings`; by default the train
+    """`name` (a key of OPTIMIZERS) and hyper-parameters as `settings`; by default the train
     block's optimizer, with `settings` replacing some of its hyper-parameters."""
     spec = dict(g.meta.get("recipe", {}).get("optimizer") or DEFAULT)
     hp = hyper_parameters({"name": name, **settings} if name and name != spec["name"] else {**spec, **settings})
@@ -95,7 +130,11 @@ def run(g: Graph, name: str | None = None, **settings) -> Graph:
     g.name = f"{g.name}.train_step"
     states: list[tuple[int, int]] = []  # (state node, its next value), in creation order
     kind = hp["name"]
-    update = _sgd(g, hp, states) if kind == "sgd" else _adam(g, hp, states, decoupled=kind == "adamw")
+    if kind in ("adam", "adamw"):
+        update = _adam(g, hp, states, decoupled=kind == "adamw")
+    else:
+        update = {"sgd": _sgd, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta,
+                  "lars": _lars}[kind](g, hp, states)
     carried = [(n, v) for n, v in g.outputs if n.startswith("new.")]  # from autodiff
     g.outputs = [("loss", g.output("loss")), ("logits", g.output("logits"))] + [
         (f"new.{p.name}", update[p.id]) for p in g.params()] + carried + [
@@ -112,15 +151,32 @@ def _axpy(e: Emit, a: float, x: int, y: int) -> int:
     return e("add", e("mul", x, e.const(a, e.dtype(x))), y)
 
 
+def _scalar_state(g: Graph, name: str, init: str, states: list, step) -> int:
+    """A scalar state shared by all parameters: its value during the step (the node) and, as
+    its next value, step(e, value)."""
+    dt = g.type(g.output("loss")).dtype
+    e = Emit(g)
+    s = _state(g, name, TensorType(dt, ()), init)
+    states.append((s, step(e, s)))
+    return s
+
+
 def _sgd(g: Graph, hp: dict, states: list) -> dict[int, int]:
     new = {}
+    damped = None  # the factor of the gradient in the buffer's update, where not 1
+    if hp["momentum"] and hp["dampening"]:
+        first = _scalar_state(g, "sgd.first_step", "ones", states,
+                              lambda e, s: e("mul", s, e.const(0, e.dtype(s))))
+        e = Emit(g)
+        damped = _axpy(e, hp["dampening"], first, e.const(1 - hp["dampening"], e.dtype(first)))
     for p in g.params():
         e, grad = Emit(g, p.span), g.output(f"grad.{p.name}")
         if hp["weight_decay"]:
             grad = _axpy(e, hp["weight_decay"], p.id, grad)
         if hp["momentum"]:
             buf = _state(g, f"{p.name}.momentum_buffer", p.type)
-            states.append((buf, _axpy(e, hp["momentum"], buf, grad)))
+            step = grad if damped is None else e("mul", grad, damped)
+            states.append((buf, _axpy(e, hp["momentum"], buf, step)))
             grad = _axpy(e, hp["momentum"], states[-1][1], grad) if hp["nesterov"] else states[-1][1]
         new[p.id] = _axpy(e, -hp["lr"], grad, p.id)
     return new
@@ -151,4 +207,98 @@ def _adam(g: Graph, hp: dict, states: list, decoupled: bool) -> dict[int, int]:
         states += [(m, m_new), (v, v_new)]
         denom = e("add", e("div", e("sqrt", v_new), sqrt_bc2), e.const(hp["eps"], dt))
         new[p.id] = e("sub", param, e("mul", e("div", m_new, denom), step_size))
+    return new
+
+
+def _decayed(e: Emit, hp: dict, p: int, grad: int) -> int:
+    """grad + weight_decay * p."""
+    return _axpy(e, hp["weight_decay"], p, grad) if hp["weight_decay"] else grad
+
+
+def _ema(e: Emit, rate: float, avg: int, x: int) -> int:
+    """rate*avg + (1-rate)*x."""
+    return e("add", e("mul", avg, e.const(rate, e.dtype(avg))), e("mul", x, e.const(1 - rate, e.dtype(x))))
+
+
+def _rmsprop(g: Graph, hp: dict, states: list) -> dict[int, int]:
+    new = {}
+    for p in g.params():
+        e = Emit(g, p.span)
+        dt = p.type.dtype
+        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        sq = _state(g, f"{p.name}.square_avg", p.type)
+        states.append((sq, _ema(e, hp["alpha"], sq, e("mul", grad, grad))))
+        var = states[-1][1]
+        if hp["centered"]:
+            ga = _state(g, f"{p.name}.grad_avg", p.type)
+            states.append((ga, _ema(e, hp["alpha"], ga, grad)))
+            var = e("sub", var, e("mul", states[-1][1], states[-1][1]))
+        step = e("div", grad, e("add", e("sqrt", var), e.const(hp["eps"], dt)))
+        if hp["momentum"]:
+            buf = _state(g, f"{p.name}.momentum_buffer", p.type)
+            states.append((buf, _axpy(e, hp["momentum"], buf, step)))
+            step = states[-1][1]
+        new[p.id] = _axpy(e, -hp["lr"], step, p.id)
+    return new
+
+
+def _adagrad(g: Graph, hp: dict, states: list) -> dict[int, int]:
+    t = _scalar_state(g, "adagrad.step", "zeros", states, lambda e, s: e("add", s, e.const(1, e.dtype(s))))
+    e = Emit(g)
+    dt = e.dtype(t)
+    clr = e("div", e.const(-hp["lr"], dt), _axpy(e, hp["lr_decay"], t, e.const(1, dt)))  # -lr/(1 + (t-1)*decay)
+    new = {}
+    for p in g.params():
+        e = Emit(g, p.span)
+        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        acc = _state(g, f"{p.name}.sum", p.type)
+        states.append((acc, e("add", acc, e("mul", grad, grad))))
+        std = e("add", e("sqrt", states[-1][1]), e.const(hp["eps"], dt))
+        new[p.id] = e("add", p.id, e("mul", e("div", grad, std), clr))
+    return new
+
+
+def _adadelta(g: Graph, hp: dict, states: list) -> dict[int, int]:
+    new = {}
+    for p in g.params():
+        e = Emit(g, p.span)
+        dt, eps = p.type.dtype, e.const(hp["eps"], p.type.dtype)
+        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        sq, acc = _state(g, f"{p.name}.square_avg", p.type), _state(g, f"{p.name}.acc_delta", p.type)
+        sq_new = _ema(e, hp["rho"], sq, e("mul", grad, grad))
+        delta = e("mul", e("div", e("sqrt", e("add", acc, eps)), e("sqrt", e("add", sq_new, eps))), grad)
+        states += [(sq, sq_new), (acc, _ema(e, hp["rho"], acc, e("mul", delta, delta)))]
+        new[p.id] = _axpy(e, -hp["lr"], delta, p.id)
+    return new
+
+
+def lars_adapted(type: TensorType) -> bool:
+    """Whether LARS adapts (and decays) a parameter of this type: rank 2 or more; biases and
+    normalisation scales and shifts (rank 0 or 1) take plain momentum SGD."""
+    return type.rank >= 2
+
+
+def _lars(g: Graph, hp: dict, states: list) -> dict[int, int]:
+    new = {}
+    for p in g.params():
+        e = Emit(g, p.span)
+        dt = p.type.dtype
+        grad = g.output(f"grad.{p.name}")
+        if lars_adapted(p.type):
+            zero, one = e.const(0, dt), e.const(1, dt)
+            norm = lambda x: e("sqrt", e("sum", e("mul", x, x)))  # noqa: E731
+            w_norm, g_norm = norm(p.id), norm(grad)
+            both = e("mul", e("gt", w_norm, zero), e("gt", g_norm, zero))  # 1 where both norms are > 0
+            # where one is 0, 1 - both keeps the denominator away from 0 (the ratio is not used)
+            denom = e("add", _axpy(e, hp["weight_decay"], w_norm, g_norm), e("sub", one, both))
+            ratio = e("div", e("mul", w_norm, e.const(hp["trust"], dt)), denom)
+            local = e("add", e("mul", both, ratio), e("sub", one, both))
+            step = e("mul", _decayed(e, hp, p.id, grad), e("mul", local, e.const(hp["lr"], dt)))
+        else:
+            step = e("mul", grad, e.const(hp["lr"], dt))
+        if hp["momentum"]:
+            buf = _state(g, f"{p.name}.momentum_buffer", p.type)
+            states.append((buf, _axpy(e, hp["momentum"], buf, step)))
+            step = states[-1][1]
+        new[p.id] = e("sub", p.id, step)
     return new
