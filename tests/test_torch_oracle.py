@@ -6,6 +6,7 @@ import pytest
 
 import odc
 from odc.ir import interp
+from tests.oracle import rel_err
 
 LENET = """
 model LeNet5(classes = 47):
@@ -110,9 +111,6 @@ def batch(shape, classes, n, seed=0):
     return rng.random((n, *shape), dtype=np.float32), rng.integers(0, classes, n)
 
 
-def rel_err(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def torch_params(torch, model):

@@ -11,6 +11,7 @@ import pytest
 import odc
 from odc.errors import CompileError
 from odc.frontend import parse_file
+from tests.oracle import rel_err
 
 MODELS = Path(__file__).parent.parent / "models"
 
@@ -147,9 +148,6 @@ ZOO = {"resnet20.od": ({}, (0.27e6, 0.01e6)), "mobilenet.od": ({}, (3.2e6, 0.05e
        "alexnet.od": ({"drop": 0}, None), "mixer.od": ({}, None)}
 
 
-def rel_err(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def run_twin(torch, make, params, x, y, dtype):

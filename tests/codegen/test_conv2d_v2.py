@@ -23,6 +23,7 @@ from odc.ir.ops.conv import Geometry, conv2d_grad_input_ref, conv2d_grad_weight_
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ir"))
 from test_vjp import check_vjp  # noqa: E402 (the finite-difference check of tests/ir)
+from tests.oracle import check_twin  # noqa: E402
 
 # PyTorch warns that an even kernel with padding="same" copies its input: that is the point here
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
@@ -194,9 +195,6 @@ def twin_forward(torch, m, x):
     return m[5](x.flatten(1))
 
 
-def rel_err(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 @pytest.mark.parametrize("executor", ["compiled", "interpreter"])
@@ -211,22 +209,9 @@ def test_model_matches_a_torch_twin(torch, tmp_path, executor):
         for role in ("weight", "bias"):
             if getattr(layer, role) is not None:
                 params[f"{name}.{role}"] = getattr(layer, role)
-    assert sorted(params) == sorted(model.params)
-    with torch.no_grad():
-        for k, p in params.items():
-            assert tuple(p.shape) == model.params[k].shape, k
-            p.copy_(torch.tensor(model.params[k], dtype=torch.float64))
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 13, 11)).astype(np.float32), rng.integers(0, 5, 4)
-    value, grads = model.loss_and_grads(x, y)
-    logits = twin_forward(torch, m, torch.tensor(x, dtype=torch.float64))
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
-    loss.backward()
-    assert rel_err(value, loss.item()) <= 1e-4
-    assert sorted(grads) == sorted(params)
-    for k, g in grads.items():
-        assert rel_err(g, params[k].grad.numpy()) <= 1e-4, k
-    assert rel_err(model.forward(x), logits.detach().numpy()) <= 1e-4
+    check_twin(torch, model, params, lambda t: twin_forward(torch, m, t), x, y)
 
 
 # -- (d) the derivative rule against finite differences -------------------------------------------

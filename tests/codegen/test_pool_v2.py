@@ -39,6 +39,7 @@ from planned import compile_graph, planned
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ir"))
 from test_vjp import check_vjp  # noqa: E402 (the finite-difference check of tests/ir)
+from tests.oracle import check_twin, rel_err  # noqa: E402
 
 
 def examples(n: int) -> settings:
@@ -50,9 +51,6 @@ EDGES = sorted({1, 2, 3} | {m + d for m in (8, 16, 24, 32) for d in (-1, 0, 1)})
 side = st.one_of(st.integers(1, 30), st.sampled_from(EDGES))  # output widths: vector tails
 
 
-def rel_err(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def out_size(size, k, s, p):
@@ -329,22 +327,9 @@ def test_model_matches_a_torch_twin(torch, tmp_path, executor):
     model = odc.load(path).compile(executor=None if executor == "compiled" else interp.compile_graph, seed=4)
     m = inception_twin(torch)
     params = dict(m.named_parameters())
-    assert sorted(params) == sorted(model.params)
-    with torch.no_grad():
-        for k, p in params.items():
-            assert tuple(p.shape) == model.params[k].shape, k
-            p.copy_(torch.tensor(model.params[k], dtype=torch.float64))
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((3, 3, 11, 13)).astype(np.float32), rng.integers(0, 5, 3)
-    value, grads = model.loss_and_grads(x, y)
-    logits = inception_forward(torch, m, torch.tensor(x, dtype=torch.float64))
-    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(y))
-    loss.backward()
-    assert rel_err(value, loss.item()) <= 1e-4
-    assert sorted(grads) == sorted(params)
-    for k, g in grads.items():
-        assert rel_err(g, params[k].grad.numpy()) <= 1e-4, k
-    assert rel_err(model.forward(x), logits.detach().numpy()) <= 1e-4
+    check_twin(torch, model, params, lambda t: inception_forward(torch, m, t), x, y)
     x1 = x[:1]  # another batch size: the graphs are compiled again for it
     assert rel_err(model.forward(x1), inception_forward(torch, m, torch.tensor(x1, dtype=torch.float64))
                    .detach().numpy()) <= 1e-4

@@ -14,6 +14,7 @@ from odc.frontend import parse_source
 from odc.ir import interp, ops, passes
 from odc.ir.graph import Graph, TensorType
 from test_vjp import check_vjp
+from tests.oracle import rel_err
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -24,9 +25,6 @@ def private_cache(tmp_path_factory):
         yield
 
 
-def rel_err(a, b):
-    b = np.asarray(b, np.float64)
-    return float(np.abs(np.asarray(a, np.float64) - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 def randn(seed, *shapes, scale=1.0, shift=0.0):
