@@ -56,8 +56,8 @@ def batch(n, seed=0):
 def test_load_picks_the_model_with_a_train_block(small):
     prog = odc.load(small)
     assert prog.name == "Small"
-    assert prog.recipe["optimizer"] == {"name": "sgd", "lr": 0.5, "momentum": 0.0, "nesterov": False,
-                                        "weight_decay": 0.0}
+    assert prog.recipe["optimizer"] == {"name": "sgd", "lr": 0.5, "momentum": 0.0, "dampening": 0.0,
+                                        "nesterov": False, "weight_decay": 0.0}
     assert odc.load(small, model="Other").name == "Other"
 
 

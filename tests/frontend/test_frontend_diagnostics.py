@@ -483,7 +483,7 @@ def test_a_bad_hyper_parameter_default_is_reported_once():
     ("epochs = 100000000000000000000", "100000000000000000000", "epochs must be an integer from 1 to 100,000, got 100000000000000000000"),
     ("seed = -1", "-1", "seed must be an integer from 0 to 9,223,372,036,854,775,807, got -1"),
     ('epochs = "2"', '"2"', 'epochs must be an integer from 1 to 100,000, got "2"'),
-    ("optimizer = sgd(0.1, 0.9, 1)", "1)", "sgd: nesterov must be true or false, got 1"),
+    ("optimizer = sgd(0.1, 0.9, 0, 1)", "1)", "sgd: nesterov must be true or false, got 1"),
     ("optimizer = adam(lr=0.1, beta1=1)", "1)", "adam: beta1 must be a number in [0, 1), got 1"),
     ("optimizer = adam(lr=0.1, beta2=2, eps=0)", "2,", "adam: beta2 must be a number in [0, 1), got 2"),
     ("optimizer = adamw(0.1, eps=-1e-8)", "-1e-8", "adamw: eps must be a number >= 0, got -1e-08"),

@@ -224,7 +224,8 @@ def test_the_recipe_is_on_the_module_and_on_the_graph():
     assert (r.data, r.classes, r.data_text) == (("emnist", "balanced"), 47, 'emnist("balanced")')
     assert module.models["LeNet5"].meta["recipe"] == r.as_dict() == {
         "data": ["emnist", "balanced"], "loss": "cross_entropy",
-        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "dampening": 0.0, "nesterov": False,
+                      "weight_decay": 0.0},
         "epochs": 10, "batch": 32, "seed": 0}
     bare = parse_source(LENET.split("train")[0]).models["LeNet5"]
     assert "recipe" not in bare.meta
@@ -237,7 +238,7 @@ def test_optimizer_defaults_are_pytorchs(name, cls):
     d = cls([torch.zeros(1, requires_grad=True)], lr=0.5).defaults
     torch_args = {"lr": d["lr"], "weight_decay": d["weight_decay"]}
     if name == "sgd":
-        torch_args.update(momentum=d["momentum"], nesterov=d["nesterov"])
+        torch_args.update(momentum=d["momentum"], dampening=d["dampening"], nesterov=d["nesterov"])
     else:
         torch_args.update(beta1=d["betas"][0], beta2=d["betas"][1], eps=d["eps"])
     assert args == torch_args
