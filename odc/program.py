@@ -63,7 +63,8 @@ class Program:
 
     def options(self, target: str = "label") -> dict[str, dict]:
         """The options the recipe gives the passes."""
-        return {"autodiff": {"loss": self.recipe["loss"], "target": target},
+        return {"autodiff": {"loss": self.recipe["loss"], "target": target,
+                             "label_smoothing": self.recipe.get("label_smoothing", 0.0)},
                 "optimizer": dict(self.recipe["optimizer"])}
 
     def stages(self, kind: str = "train", bindings: dict[str, int] | None = None,

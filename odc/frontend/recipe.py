@@ -34,6 +34,7 @@ class Recipe:
     classes: int | None = None  # the data set's class count, None where unknown before loading
     image: tuple[int, int, int] | None = None  # [channels, height, width] of its images, where known
     loss: str = "cross_entropy"
+    label_smoothing: float = 0.0  # cross_entropy's
     optimizer: str = DEFAULT["name"]
     optimizer_args: dict = field(  # the optimizer's hyper-parameters
         default_factory=lambda: {k: v for k, v in hyper_parameters(DEFAULT).items() if k != "name"})
@@ -47,6 +48,7 @@ class Recipe:
         """The recipe as the rest of odc reads it from ``graph.meta["recipe"]`` (JSON-ready)."""
         return {"data": list(self.data) if self.data else None,
                 **({"valid": self.valid} if self.valid is not None else {}), "loss": self.loss,
+                **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}),
                 "optimizer": {"name": self.optimizer, **self.optimizer_args},
                 "epochs": self.epochs, "batch": self.batch, "seed": self.seed}
 
@@ -140,7 +142,13 @@ def _set_valid(r: Recipe, e: ast.Expr) -> None:
 
 
 def _set_loss(r: Recipe, e: ast.Expr) -> None:
-    r.loss, _ = _choose(e, "loss", LOSSES)
+    r.loss, args = _choose(e, "loss", LOSSES)
+    if "label_smoothing" in args:
+        v, span = args["label_smoothing"]
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1):
+            raise Fail(f"cross_entropy: label_smoothing must be a number in [0, 1], got {od_text(v)}", span,
+                       "the share of the target spread over all classes, as PyTorch's, e.g. 0.1")
+        r.label_smoothing = float(v)
 
 
 def _set_optimizer(r: Recipe, e: ast.Expr) -> None:

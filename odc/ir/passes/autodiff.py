@@ -4,11 +4,14 @@ The graph must be in training form (the train-mode pass: dropout masks, running 
 
 1. The loss: a new `input %label: i32[N]` and, on the model's output (the logits),
    `cross_entropy(logits, label)` (the batch mean of -log_softmax(logits)[label], computed with
-   a stable log-sum-exp) or `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
+   a stable log-sum-exp; with label smoothing eps, as PyTorch's, (1 - eps) times that plus eps
+   times the mean of -log_softmax(logits) over the batch and the classes), `nll` (the model
+   returns log-probabilities: the batch mean of -logits[label], through a one-hot mask) or
+   `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
    with a float `input %target` of the logits' type instead. The front end reserves both names
    (`RESERVED`), and checks that the logits are floats [batch, classes].
 2. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
-   order and each node's VJP rule (`odc.ir.vjp`) turns the gradient of its result into
+   order and each node's VJP rule (the op catalog's `vjp`) turns the gradient of its result into
    gradients of its operands. A value used several times gets the sum of the contributions
    (`add`). Only values that depend on a parameter and are floats get gradients. Every leaf is
    its own node, so two parameters are never merged, whatever their values; a parameter that
@@ -29,10 +32,11 @@ from odc.ir.passes import dce
 
 name = "autodiff"
 summary = "add the label input, the loss and the reverse-mode gradient of every parameter"
-options = {"loss": "cross_entropy or mse (default: the train block's)",
+options = {"loss": "cross_entropy, mse or nll (default: the train block's)",
+           "label_smoothing": "cross_entropy's, in [0, 1] (default: the train block's)",
            "target": "label (integer classes) or float (mse against a float input %target)"}
 requires = ("train-mode",)
-LOSSES = ("cross_entropy", "mse")
+LOSSES = {"cross_entropy": "label_smoothing=0", "mse": "", "nll": ""}  # name -> its arguments
 RESERVED = ("label", "target")  # the names of the inputs this pass adds
 
 
@@ -40,10 +44,14 @@ def done(g: Graph) -> bool:
     return any(name == "loss" for name, _ in g.outputs)
 
 
-def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
-    """`loss` defaults to the train block's."""
+def run(g: Graph, loss: str | None = None, target: str = "label", label_smoothing: float | None = None) -> Graph:
+    """`loss` and `label_smoothing` default to the train block's."""
     g = g.copy()
-    loss = loss or g.meta.get("recipe", {}).get("loss", "cross_entropy")
+    recipe = g.meta.get("recipe", {})
+    loss = loss or recipe.get("loss", "cross_entropy")
+    eps = recipe.get("label_smoothing", 0.0) if label_smoothing is None else label_smoothing
+    if not (isinstance(eps, (int, float)) and 0 <= eps <= 1):
+        raise OdcError(f"label_smoothing must be a number in [0, 1], got {eps!r}")
     if loss not in LOSSES:
         raise OdcError(f"unknown loss '{loss}'; odc knows {', '.join(LOSSES)}")
     if not g.outputs:
@@ -60,7 +68,14 @@ def run(g: Graph, loss: str | None = None, target: str = "label") -> Graph:
         y = g.add("input", type=TensorType("i32", lt.shape[:1]), name="label")
         if loss == "mse":
             y = e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)
-    value = e(loss, logits, y)
+    if loss == "nll":  # the logits are log-probabilities: the batch mean of -logits[label]
+        picked = e("sum", e("mul", logits, e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)), axis=1)
+        value = e("neg", e("mean", picked))
+    else:
+        value = e(loss, logits, y)
+    if loss == "cross_entropy" and eps:  # PyTorch's: (1 - eps) CE + eps * mean over classes of -log p
+        uniform = e("neg", e("mean", e("log_softmax", logits, axis=-1)))
+        value = e("add", e("mul", value, e.const(1 - eps, lt.dtype)), e("mul", uniform, e.const(eps, lt.dtype)))
     grads = backprop(g, value, [p.id for p in g.params()])
     g.outputs = [("loss", value), ("logits", logits)]
     for p in g.params():
