@@ -262,7 +262,7 @@ def _adadelta(g: Graph, hp: dict, states: list) -> dict[int, int]:
     new = {}
     for p in g.params():
         e = Emit(g, p.span)
-        dt, eps = p.type.dtype, e.const(hp["eps"], p.type.dtype)
+        eps = e.const(hp["eps"], p.type.dtype)
         grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
         sq, acc = _state(g, f"{p.name}.square_avg", p.type), _state(g, f"{p.name}.acc_delta", p.type)
         sq_new = _ema(e, hp["rho"], sq, e("mul", grad, grad))
