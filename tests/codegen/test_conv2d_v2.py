@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import odc
-from odc.errors import CompileError
 from odc.frontend import parse_source
 from odc.ir import interp
 from odc.ir.ops.conv import Geometry, conv2d_grad_input_ref, conv2d_grad_weight_ref, conv2d_ref
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ir"))
 from test_vjp import check_vjp  # noqa: E402 (the finite-difference check of tests/ir)
+from tests.diagnostics import single, where  # noqa: E402
 from tests.oracle import check_twin  # noqa: E402
 
 # PyTorch warns that an even kernel with padding="same" copies its input: that is the point here
@@ -237,16 +237,6 @@ def program(*body: str, channels: int = 6, size: str = "12, 12") -> str:
     lines = ["model M(classes = 10):", f"    input image: f32[N, {channels}, {size}]"] + [f"    {b}" for b in body]
     return "\n".join(lines + ["    return dense(flatten(x), classes)"]) + "\n"
 
-
-def single(src: str):
-    with pytest.raises(CompileError) as e:
-        parse_source(src, "t.od")
-    assert len(e.value.diagnostics) == 1, e.value
-    return e.value.first
-
-
-def where(src: str, line: int, needle: str) -> tuple[int, int]:
-    return line, src.splitlines()[line - 1].index(needle) + 1
 
 
 def test_input_channels_not_divisible_by_groups():

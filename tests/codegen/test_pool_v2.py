@@ -25,7 +25,6 @@ from odc import codegen
 from odc.codegen.kernels import lower_group
 from odc.codegen.kernels.pool import vector_path
 from odc.codegen.lower import PARALLEL_COST
-from odc.errors import CompileError
 from odc.frontend import parse_source
 from odc.ir import interp, ops
 from odc.ir.graph import Graph, TensorType
@@ -39,6 +38,7 @@ from planned import compile_graph, planned
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ir"))
 from test_vjp import check_vjp  # noqa: E402 (the finite-difference check of tests/ir)
+from tests.diagnostics import single, where  # noqa: E402
 from tests.oracle import check_twin, rel_err  # noqa: E402
 
 
@@ -342,16 +342,6 @@ HEAD = ["model M(classes = 10):", "    input image: f32[N, 1, 28, 28]"]
 def program(*body: str) -> str:
     return "\n".join(HEAD + [f"    {b}" for b in body]) + "\n"
 
-
-def single(src: str):
-    with pytest.raises(CompileError) as e:
-        parse_source(src, "t.od")
-    assert len(e.value.diagnostics) == 1, e.value
-    return e.value.first
-
-
-def where(src: str, line: int, needle: str) -> tuple[int, int]:
-    return line, src.splitlines()[line - 1].index(needle) + 1
 
 
 RETURN = "return dense(flatten(x), classes)"

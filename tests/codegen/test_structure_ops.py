@@ -22,7 +22,6 @@ import odc
 from odc import codegen
 from odc.codegen.kernels import lower_group
 from odc.codegen.lower import PARALLEL_COST
-from odc.errors import CompileError
 from odc.frontend import parse_source
 from odc.ir import interp, ops
 from odc.ir.graph import Graph, TensorType
@@ -33,6 +32,7 @@ from planned import compile_graph, planned
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "ir"))
 from test_vjp import check_vjp  # noqa: E402 (the finite-difference check of tests/ir)
+from tests.diagnostics import single, where  # noqa: E402
 from tests.oracle import check_twin, rel_err  # noqa: E402
 
 
@@ -362,16 +362,6 @@ def program(*body: str, image: str = "f32[N, 1, 28, 28]", ret: str = "dense(flat
     lines = ["model M(classes = 10):", f"    input image: {image}"] + [f"    {b}" for b in body]
     return "\n".join(lines + [f"    return {ret}"]) + "\n"
 
-
-def single(src: str):
-    with pytest.raises(CompileError) as e:
-        parse_source(src, "t.od")
-    assert len(e.value.diagnostics) == 1, e.value
-    return e.value.first
-
-
-def where(src: str, line: int, needle: str) -> tuple[int, int]:
-    return line, src.splitlines()[line - 1].index(needle) + 1
 
 
 @pytest.mark.parametrize("body,needle,message", [

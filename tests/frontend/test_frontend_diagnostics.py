@@ -4,6 +4,7 @@ import pytest
 
 from odc.errors import CompileError, OdcError
 from odc.frontend import parse_source
+from tests.diagnostics import single, where
 
 HEAD = ["model M(classes = 10):", "    input image: f32[N, 1, 28, 28]"]
 
@@ -21,17 +22,6 @@ def errors(src: str) -> CompileError:
     return e.value
 
 
-def where(src: str, line: int, needle: str) -> tuple[int, int]:
-    """(line, column) of the first `needle` on `line` of `src`, counting from 1."""
-    col = src.splitlines()[line - 1].index(needle) + 1
-    assert col > 0
-    return line, col
-
-
-def single(src: str):
-    err = errors(src)
-    assert len(err.diagnostics) == 1, err
-    return err.first
 
 
 def test_dense_on_a_4d_input_renders_as_in_the_spec():
