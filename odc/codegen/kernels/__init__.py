@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from odc.codegen.builder import I1, VOID, KernelBuilder
 from odc.codegen.kernel import LOWER, Kernel
-from odc.codegen.kernels import conv, elementwise, gemm, layout, pool, reduce  # noqa: F401 (they fill LOWER)
+from odc.codegen.kernels import augment, conv, elementwise, gemm, layout, pool, reduce  # noqa: F401 (they fill LOWER)
 from odc.errors import OdcError
 from odc.ir import ops
 from odc.ir.graph import Graph

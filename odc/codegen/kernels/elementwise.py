@@ -52,6 +52,10 @@ class Scalar:
     def neg(self, x):
         return self.b.fneg(self._v(x))
 
+    def from_unsigned(self, x):
+        """An unsigned integer (a u8 pixel) as a float."""
+        return self.b.uitofp(x, self.ty)
+
     def lt(self, a, b):
         return self.b.fcmp_ordered("<", self._v(a), self._v(b))
 
