@@ -156,6 +156,8 @@ class Model:
         self._graphs: dict[tuple, Graph] = {}
         self._compiled: dict[tuple, Callable] = {}
         self.rng = np.random.default_rng(seed)
+        # the learning rate of the next train_step: a runtime input of the step (schedules set it)
+        self.lr = float(program.recipe["optimizer"]["lr"])
         train = self._graph("train")
         self.params = {p.name: init_param(p, self.rng) for p in train.params()}
         self.state = {s.name: init_param(s, self.rng) for s in train.args_of("state")}
@@ -175,8 +177,9 @@ class Model:
         return float(out["loss"]), {k: out[f"grad.{k}"] for k in self.params}
 
     def train_step(self, x, y) -> float:
-        """One optimizer step on a batch; puts the new arrays into `params` and `state` and returns the
-        loss before the step."""
+        """One optimizer step on a batch with the learning rate `lr`; puts the new arrays into
+        `params` and `state` and returns the loss before the step. With `accumulate = k` in the
+        recipe, the parameters change at every k-th call only (see `odc.ir.passes.optimizer`)."""
         out = self._run("train", x, y)
         for arrays in (self.params, self.state):
             for k in arrays:  # outputs are fresh arrays: take them instead of copying
@@ -246,8 +249,15 @@ class Model:
             self._compiled[key] = self._executor(self.program.lower(kind, bindings, target))
             if self.log:
                 self.log(f"compiled {what} in {time.perf_counter() - t0:.1f} s")
-        feeds.update(dropout_masks(g, bindings, self.rng))
+        feeds.update(self.step_inputs(g, bindings))
         return self._compiled[key]({**feeds, **self.params, **self.state})
+
+    def step_inputs(self, g: Graph, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+        """The inputs of `g` that the runtime supplies at each call, besides images and labels:
+        dropout masks (drawn from the model's generator) and the learning rate `lr`."""
+        return {**dropout_masks(g, sizes, self.rng),
+                **{a.name: np.asarray(self.lr, NP_DTYPES[a.type.dtype]) for a in g.inputs()
+                   if a.attrs.get("schedule") == "lr"}}
 
     def _larger_forward(self, key: tuple, batch: int) -> tuple | None:
         """The smallest compiled forward pass for more than `batch` examples, when `key` (a

@@ -104,11 +104,12 @@ def test_model_picks_one_of_several(tmp_path, capsys, monkeypatch):
 
 
 def test_the_train_block_gives_the_defaults_and_options_override_them(capsys, monkeypatch):
-    # LeNet-5 trains with sgd(lr=0.01, momentum=0.9)
+    # LeNet-5 trains with sgd(lr=0.01, momentum=0.9); the rate is an input of the step
     _, out, err = opt(capsys, monkeypatch, "models/lenet5.od", "-p", "optimizer")
-    assert "momentum_buffer" in out and "value=-0.01}" in out and "note: optimizer requires autodiff" in err
-    _, out, _ = opt(capsys, monkeypatch, "models/lenet5.od", "-p", "optimizer{lr=0.5}")
-    assert "momentum_buffer" in out and "value=-0.5}" in out  # the recipe's momentum stays
+    assert "momentum_buffer" in out and "value=0.9}" in out and "note: optimizer requires autodiff" in err
+    assert "input %optimizer.lr: f32[]" in out
+    _, out, _ = opt(capsys, monkeypatch, "models/lenet5.od", "-p", "optimizer{weight_decay=0.25}")
+    assert "momentum_buffer" in out and "value=0.9}" in out and "value=0.25}" in out  # the recipe's momentum stays
     _, out, _ = opt(capsys, monkeypatch, "models/lenet5.od", "-p", "optimizer{name=adam,lr=0.001}")
     assert "momentum_buffer" not in out and "%adam.beta1_power" in out  # another optimizer: its own defaults
     _, out, _ = opt(capsys, monkeypatch, "models/lenet5.od", "-p", "autodiff{loss=mse}")
@@ -118,7 +119,7 @@ def test_the_train_block_gives_the_defaults_and_options_override_them(capsys, mo
 def test_text_ir_has_no_train_block(capsys, monkeypatch):
     _, text, _ = opt(capsys, monkeypatch, "models/lenet5.od")
     _, out, _ = opt(capsys, monkeypatch, "-", "-p", "optimizer", stdin=text)
-    assert "cross_entropy(" in out and "state %" not in out and "value=-0.01}" in out  # sgd(lr=0.01)
+    assert "cross_entropy(" in out and "state %" not in out and "mul(" in out  # plain sgd: p - lr * grad
 
 
 def test_verify_each(capsys, monkeypatch):

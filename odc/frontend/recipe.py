@@ -1,7 +1,8 @@
 """The `train NAME:` block → a `Recipe`: data set, validation fraction, loss, optimizer and its
-arguments, epochs, batch size, seed. Every value is a constant; each key is checked on its own,
-so several bad keys are reported together. `data` is required; another key left out keeps the
-`Recipe` default.
+arguments, learning-rate schedule, gradient clipping and accumulation, early stopping, epochs,
+batch size, seed. Every value is a constant; each key is checked on its own, so several bad keys
+are reported together (and then the keys together: a schedule milestone past the last epoch).
+`data` is required; another key left out keeps the `Recipe` default.
 The model's graph carries the recipe as a dict (`Recipe.as_dict`) in ``graph.meta["recipe"]``."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from odc.frontend import ast
 from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import BOOLEAN, DEFAULT, OPTIMIZERS, hyper_parameters, invalid
-from odc import datasets
+from odc import datasets, schedules
 from odc.datasets import EMNIST_SPLITS
 
 
@@ -23,7 +24,10 @@ def _usage(params: dict) -> str:
 
 
 OPTIMIZER_USAGE = {name: _usage(params) for name, params in OPTIMIZERS.items()}
-KEYS = ("data", "valid", "loss", "optimizer", "epochs", "batch", "seed")
+KEYS = ("data", "valid", "loss", "optimizer", "schedule", "clip_grad_norm", "accumulate", "early_stop",
+        "epochs", "batch", "seed")
+EARLY_STOP_METRICS = ("valid_loss", "valid_accuracy", "train_loss")
+SCHEDULE_USAGE = {name: _usage(args).replace("then", "then=SCHEDULE") for name, args in schedules.SCHEDULES.items()}
 
 
 @dataclass
@@ -38,6 +42,10 @@ class Recipe:
     optimizer: str = DEFAULT["name"]
     optimizer_args: dict = field(  # the optimizer's hyper-parameters
         default_factory=lambda: {k: v for k, v in hyper_parameters(DEFAULT).items() if k != "name"})
+    schedule: dict | None = None  # {"name": ..., argument: value, ...} (see odc.schedules)
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
+    early_stop: dict | None = None  # {"patience": ..., "metric": ...}
     epochs: int = 1
     batch: int = 32
     seed: int = 0
@@ -50,6 +58,9 @@ class Recipe:
                 **({"valid": self.valid} if self.valid is not None else {}), "loss": self.loss,
                 **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}),
                 "optimizer": {"name": self.optimizer, **self.optimizer_args},
+                **{k: getattr(self, k) for k in ("schedule", "clip_grad_norm", "early_stop")
+                   if getattr(self, k) is not None},
+                **({"accumulate": self.accumulate} if self.accumulate != 1 else {}),
                 "epochs": self.epochs, "batch": self.batch, "seed": self.seed}
 
     @property
@@ -72,6 +83,11 @@ def lower_train(t: ast.Train, diags: list[Diagnostic]) -> Recipe:
             _SETTERS[item.key](r, item.value)
         except Fail as e:
             diags.append(e.diagnostic)
+    if r.schedule and "schedule" in r.spans:
+        problem = schedules.past_the_end(r.schedule, r.epochs)
+        if problem:
+            diags.append(Diagnostic(problem, r.spans["schedule"],
+                                    f"epochs = {r.epochs}{'' if 'epochs' in r.spans else ' (the default)'}"))
     if "data" not in r.spans:
         diags.append(Diagnostic(f"the train block of {t.model} sets no data", t.span,
                                 'add data = emnist("balanced"), mnist(), fashion_mnist(), idx("DIR"), '
@@ -79,16 +95,21 @@ def lower_train(t: ast.Train, diags: list[Diagnostic]) -> Recipe:
     return r
 
 
-def _choose(e: ast.Expr, what: str, table) -> tuple[str, dict[str, tuple]]:
-    """A call (or bare name) of one of `table`'s entries: its name and arguments (name → (value, span))."""
+def _choose_exprs(e: ast.Expr, what: str, table) -> tuple[str, dict[str, ast.Expr]]:
+    """A call (or bare name) of one of `table`'s entries: its name and argument expressions."""
     call = as_call(e)
     if call is None or call.func not in table:
         name = call.func if call else ""
         usage = [n + (f"({table[n]})" if isinstance(table, dict) else "") for n in table]
         raise Fail(f"unknown {what} '{name}'" if name else f"expected a {what}", e.span,
                    did_you_mean(name, table) or f"one of {', '.join(usage)}")
-    usage = table[call.func] if isinstance(table, dict) else ""
-    return call.func, {n: (literal(x), x.span) for n, x in bind(call.func, usage, call).items()}
+    return call.func, bind(call.func, table[call.func] if isinstance(table, dict) else "", call)
+
+
+def _choose(e: ast.Expr, what: str, table) -> tuple[str, dict[str, tuple]]:
+    """As `_choose_exprs`, with constant arguments: name → (value, span)."""
+    name, args = _choose_exprs(e, what, table)
+    return name, {n: (literal(x), x.span) for n, x in args.items()}
 
 
 def _set_data(r: Recipe, e: ast.Expr) -> None:
@@ -166,6 +187,54 @@ def _set_optimizer(r: Recipe, e: ast.Expr) -> None:
     r.optimizer, r.optimizer_args = hp.pop("name"), hp
 
 
+def _schedule(e: ast.Expr) -> dict:
+    """A schedule call, each argument checked at its place (`then=` holds another schedule)."""
+    name, args = _choose_exprs(e, "schedule", SCHEDULE_USAGE)
+    spec = {"name": name, **schedules.SCHEDULES[name]}
+    for key, x in args.items():
+        if key == "then":
+            if as_call(x) is None:
+                raise Fail("warmup: then must be a schedule, e.g. then=cosine()", x.span)
+            v = _schedule(x)
+        elif key == "milestones" and isinstance(x, ast.List):
+            v = [literal(i) for i in x.items]
+        else:
+            v = literal(x)
+        problem = schedules.invalid(name, key, v)
+        if problem:
+            raise Fail(f"{name}: {key} must be {problem}, got {od_text(v) if key != 'then' else v['name']}", x.span)
+        spec[key] = float(v) if isinstance(v, int) and schedules.VALID[name, key][0].startswith("a number") else v
+    return spec
+
+
+def _set_schedule(r: Recipe, e: ast.Expr) -> None:
+    r.schedule = _schedule(e)
+
+
+def _set_clip(r: Recipe, e: ast.Expr) -> None:
+    v = literal(e)
+    problem = invalid("clip_grad_norm", v)
+    if problem:
+        raise Fail(f"clip_grad_norm must be {problem}, got {od_text(v)}", e.span,
+                   "the largest global gradient norm, e.g. clip_grad_norm = 1.0")
+    r.clip_grad_norm = float(v)
+
+
+def _set_early_stop(r: Recipe, e: ast.Expr) -> None:
+    _, args = _choose(e, "early stop", {"early_stop": 'patience, metric="valid_loss"'})
+    if "patience" not in args:
+        raise Fail("early_stop is missing argument 'patience'", e.span,
+                   'usage: early_stop(patience, metric="valid_loss")')
+    (patience, p_span), (metric, m_span) = args["patience"], args.get("metric", ("valid_loss", None))
+    if not (type(patience) is int and patience >= 1):
+        raise Fail(f"early_stop: patience must be an integer >= 1, got {od_text(patience)}", p_span,
+                   "the epochs without improvement after which training stops")
+    if metric not in EARLY_STOP_METRICS:
+        raise Fail(f"early_stop: metric must be one of {', '.join(map(od_text, EARLY_STOP_METRICS))}, "
+                   f"got {od_text(metric)}", m_span, did_you_mean(str(metric), EARLY_STOP_METRICS))
+    r.early_stop = {"patience": patience, "metric": metric}
+
+
 def _count(key: str, lo: int, hi: int):
     def setter(r: Recipe, e: ast.Expr) -> None:
         v = literal(e)
@@ -175,6 +244,8 @@ def _count(key: str, lo: int, hi: int):
     return setter
 
 
-LIMITS = {"epochs": (1, 100_000), "batch": (1, 1_000_000), "seed": (0, 2**63 - 1)}  # (lo, hi), inclusive
+LIMITS = {"epochs": (1, 100_000), "batch": (1, 1_000_000), "seed": (0, 2**63 - 1),  # (lo, hi), inclusive
+          "accumulate": (1, 1_000_000)}
 _SETTERS = {"data": _set_data, "valid": _set_valid, "loss": _set_loss, "optimizer": _set_optimizer,
+            "schedule": _set_schedule, "clip_grad_norm": _set_clip, "early_stop": _set_early_stop,
             **{key: _count(key, lo, hi) for key, (lo, hi) in LIMITS.items()}}

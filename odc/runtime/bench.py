@@ -88,14 +88,13 @@ def kernel_profile(prog, batch: int, reps: int, kind: str = "train",
     """Median seconds per call of each kernel of the `kind` graph, compiled with timers
     (``ODC_PROFILE=1``) and called `reps` times on its own, most expensive first; the
     key "total" holds the median time of the whole call."""
-    from odc.program import dropout_masks
     g = prog.lower(kind, prog.batch_bindings(batch))
     with private_cache(), environment(ODC_PROFILE="1"):
         exe = compile_graph(g, threads=threads)
     model = prog.compile(executor=compile_graph)  # initial parameters and state
     x, y = random_batch(prog, batch)
     feeds = {g.inputs()[0].name: x, "label": y.astype(np.int32), **model.params, **model.state,
-             **dropout_masks(g, {}, model.rng)}
+             **model.step_inputs(g, {})}
     if kind == "train":  # as Model.train_step does: the next step starts from the new values
         def call():
             out = exe(feeds)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odc import checkpoint, program
+from odc import checkpoint, program, schedules
 from odc.checkpoint import Checkpoint
 from odc.errors import OdcError
 from odc.frontend.lower import od_text
@@ -48,7 +48,7 @@ from odc.ir.ops import cross_entropy_ref, log_softmax_ref
 from odc.runtime.data import DEFAULT_VALID, Dataset, as_float, decode_image, hold_out, load_dataset
 
 EVAL_BATCH = 500
-METRICS, PLOT = "metrics.jsonl", "curves.png"
+METRICS, PLOT, BEST = "metrics.jsonl", "curves.png", "best.safetensors"
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -108,12 +108,13 @@ def write_metrics(out: Path, history: list[dict]) -> None:
 
 
 def plot(out: Path, history: list[dict], title: str) -> None:
-    """Loss and accuracy per epoch, side by side, as a PNG (a null value leaves a gap)."""
+    """Loss, accuracy and learning rate per epoch, side by side, as a PNG (a null value leaves a
+    gap). The rate is the one each epoch started with."""
     from matplotlib.figure import Figure  # drawn with Agg, leaving pyplot's backend alone
 
     epochs = [r["epoch"] for r in history]
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     parts = [p for p in ("valid", "test") if any(r.get(f"{p}_loss") is not None for r in history)]
     for part, color in zip(parts, ("C1", "C2") if len(parts) == 2 else ("C1",)):
@@ -127,7 +128,9 @@ def plot(out: Path, history: list[dict], title: str) -> None:
                title=" and ".join("validation" if p == "valid" else p for p in parts) + " accuracy")
     if len(parts) > 1:
         acc_ax.legend()
-    for ax in (loss_ax, acc_ax):
+    lr_ax.plot(epochs, [_nan(r.get("lr")) for r in history], "o-", color="C3")
+    lr_ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    for ax in (loss_ax, acc_ax, lr_ax):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title)
@@ -155,15 +158,18 @@ def _progress(total: int, desc: str):
 
 
 def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str,
-                drop_last: bool = False) -> float:
+                drop_last: bool = False, rate=None) -> float:
     """One pass over the training images in a random order; returns the mean training loss.
-    With `drop_last`, the last partial batch is left out."""
+    With `drop_last`, the last partial batch is left out. `rate(i)`, if given, is the learning
+    rate of the epoch's i-th call."""
     order = rng.permutation(len(data.train_y))
     n = len(order) - len(order) % batch if drop_last else len(order)
     total = 0.0
     with _progress(n, desc) as bar:
-        for start in range(0, n, batch):
+        for i, start in enumerate(range(0, n, batch)):
             idx = order[start:start + batch]
+            if rate is not None:
+                model.lr = rate(i)
             loss = float(model.train_step(as_float(data.train_x[idx]), data.train_y[idx]))
             if not math.isfinite(loss):
                 raise OdcError(f"the training loss became {loss} at image {start:,} of {desc}\n"
@@ -179,9 +185,13 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
     """Train from `ckpt.epoch` up to `epochs` epochs. After each epoch: evaluate on the validation
     part (`data.valid_x`) if there is one, else on the test part; after the last, with a validation
     part, on the test part too (if there is one). Then write the checkpoint (params, optimizer
-    state, RNG state, history) atomically, `metrics.jsonl` and the plot. Returns the last
-    evaluation, on the test part where there was one (None when there was no epoch left to run)."""
-    rng = np.random.default_rng((ckpt.recipe["seed"], 1))  # a stream apart from the model's own
+    state, RNG state, history) atomically, `best.safetensors` when the early-stop metric improved,
+    `metrics.jsonl` and the plot. The recipe's schedule sets the learning rate of every step; its
+    position, like the early stop's, follows from the epoch and the history, so a resumed run
+    continues both exactly. Returns the last evaluation, on the test part where there was one
+    (None when there was no epoch left to run)."""
+    recipe = ckpt.recipe
+    rng = np.random.default_rng((recipe["seed"], 1))  # a stream apart from the model's own
     if "shuffle" in ckpt.rng:
         rng.bit_generator.state = ckpt.rng["shuffle"]
     n, ev = len(data.train_y), None
@@ -190,9 +200,21 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         note(f"note: the last batch of each epoch would hold {n % batch} image{'s' * (n % batch > 1)}, and "
              f"{norm.op} at {norm.span} would see one value per channel in it; it is left out "
              f"(use a --batch that does not leave a remainder of {n % batch} to train on every image)")
+    held = data.valid_x is not None
+    part = "valid" if held else "test"  # the part evaluated after every epoch
+    batches = n // batch if norm is not None else -(-n // batch)
+    schedule = schedules.Schedule(recipe.get("schedule"), recipe["optimizer"]["lr"], epochs, batches,
+                        recipe.get("accumulate", 1))
+    stop = recipe.get("early_stop")
     for epoch in range(ckpt.epoch + 1, epochs + 1):
+        why = _early_stopped(ckpt.history, stop)
+        if why:
+            log(why)
+            break
+        losses = [r[f"{part}_loss"] for r in ckpt.history]
+        rate = lambda i: schedule.rate(epoch, i, losses)  # noqa: E731 (the epoch's, by call)
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}", norm is not None)
+        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}", norm is not None, rate)
         seconds = time.perf_counter() - t0
         kept = (f"{out / checkpoint.FILENAME} keeps epoch {ckpt.epoch}" if ckpt.epoch else
                 "no checkpoint was written")
@@ -200,28 +222,28 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         if bad:
             raise OdcError(f"the training diverged in epoch {epoch}: after its last step {bad}; {kept}\n"
                            f"hint: lower the learning rate (--lr)")
-        held = data.valid_x is not None
-        ev = (evaluate(model, data.valid_x, data.valid_y, ckpt.recipe["loss"], "validation") if held else
-              evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"]))
+        ev = (evaluate(model, data.valid_x, data.valid_y, recipe["loss"], "validation") if held else
+              evaluate(model, data.test_x, data.test_y, recipe["loss"]))
         if not math.isfinite(ev.loss):
             raise OdcError(f"the training diverged in epoch {epoch}: the {'validation' if held else 'test'} loss "
                            f"is {ev.loss} (some logits are not finite); {kept}\nhint: lower the learning rate (--lr)")
+        record = {"epoch": epoch, "lr": rate(0), "train_loss": train_loss, f"{part}_loss": ev.loss,
+                  f"{part}_accuracy": ev.accuracy}
+        last = epoch == epochs or _early_stopped(ckpt.history + [record], stop)
         final = None
-        if held and epoch == epochs and data.test_x is not None:
-            final = evaluate(model, data.test_x, data.test_y, ckpt.recipe["loss"])
-        part = "valid" if held else "test"
-        record = {"epoch": epoch, "train_loss": train_loss, f"{part}_loss": ev.loss, f"{part}_accuracy": ev.accuracy}
+        if held and last and data.test_x is not None:
+            final = evaluate(model, data.test_x, data.test_y, recipe["loss"])
         if held:
             record.update(test_loss=None if final is None else final.loss,
                           test_accuracy=None if final is None else final.accuracy)
         record.update(samples_per_s=len(data.train_y) / seconds, train_seconds=seconds,
                       eval_seconds=time.perf_counter() - t0 - seconds)
-        log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  train loss {train_loss:.4f}  "
+        log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  lr {record['lr']:.4g}  train loss {train_loss:.4f}  "
             f"{part} loss {ev.loss:.4f}  {part} accuracy {ev.accuracy:6.2%}  "
             f"{record['samples_per_s']:,.0f} images/s  {seconds:.1f}s")
         if final is not None:
             log(f"test loss {final.loss:.4f}  test accuracy {final.accuracy:6.2%} on the {len(data.test_y):,} "
-                f"test images, after the last epoch")
+                f"test images, after the {'last' if epoch == epochs else 'final'} epoch")
             ev = final
         ckpt.epoch = epoch
         ckpt.rng = {"shuffle": rng.bit_generator.state, "model": model.rng.bit_generator.state}
@@ -229,6 +251,8 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         ckpt.params = dict(model.params)
         ckpt.state = dict(model.state)
         checkpoint.save(out / checkpoint.FILENAME, ckpt)
+        if stop and _best_epoch(ckpt.history, stop["metric"]) == epoch:
+            checkpoint.save(out / BEST, ckpt)
         try:
             write_metrics(out, ckpt.history)
             plot(out, ckpt.history, f"{ckpt.model} on {data.name}")
@@ -238,17 +262,58 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
     return ev
 
 
+def _best_epoch(history: list[dict], metric: str) -> int:
+    """The first epoch with the best value of `metric` (lowest loss, highest accuracy)."""
+    sign = -1 if metric.endswith("accuracy") else 1
+    return min(history, key=lambda r: sign * r[metric])["epoch"]
+
+
+def _early_stopped(history: list[dict], stop: dict | None) -> str | None:
+    """Why the run stops after the last epoch of `history` (`early_stop(patience, metric)`: that
+    many epochs without a strictly better metric), or None."""
+    if not stop or not history:
+        return None
+    best = _best_epoch(history, stop["metric"])
+    if history[-1]["epoch"] - best < stop["patience"]:
+        return None
+    return (f"early stop after epoch {history[-1]['epoch']}: {stop['metric']} has not improved for "
+            f"{history[-1]['epoch'] - best} epochs (patience {stop['patience']}); the best, "
+            f"{next(r for r in history if r['epoch'] == best)[stop['metric']]:.4f} after epoch {best}, "
+            f"is kept in {BEST}")
+
+
 # ---------------------------------------------------------------------------- the commands
 
 def _epochs(n: int) -> str:
     return f"{n} epoch{'s' * (n != 1)}"
 
 
-def _describe(recipe: dict) -> str:
-    opt = dict(recipe["optimizer"])
-    opt_text = f"{opt.pop('name')}(" + ", ".join(f"{k}={od_text(v)}" for k, v in opt.items()) + ")"
-    return (f"{recipe['loss']}, {opt_text}, batch {recipe['batch']}, {_epochs(recipe['epochs'])}, "
-            f"seed {recipe['seed']}")
+def _call_text(spec: dict, flagged: dict[str, str] | None = None) -> str:
+    """{"name": "sgd", "lr": 0.1, ...} as the train block writes it: sgd(lr=0.1, ...); an
+    argument a flag set is marked with it."""
+    flagged = flagged or {}
+    args = [f"{k}={_call_text(v) if isinstance(v, dict) else od_text(v)}"
+            + (f" [{flagged[k]}]" if k in flagged else "") for k, v in spec.items() if k != "name" and v is not None]
+    return f"{spec['name']}({', '.join(args)})"
+
+
+def describe(recipe: dict, flags: dict[str, str]) -> str:
+    """The recipe in one line: loss, optimizer, schedule, options, batch, epochs, seed; `flags`
+    maps each key a command-line flag set to the flag, shown beside it."""
+    mark = lambda key: f" [{flags[key]}]" if key in flags else ""  # noqa: E731
+    parts = [recipe["loss"] + (f"(label_smoothing={recipe['label_smoothing']:g})" if recipe.get("label_smoothing") else ""),
+             _call_text(recipe["optimizer"], {"lr": flags["lr"]} if "lr" in flags else {})]
+    if recipe.get("schedule"):
+        parts.append(f"schedule {_call_text(recipe['schedule'])}")
+    if recipe.get("clip_grad_norm") is not None:
+        parts.append(f"clip_grad_norm {recipe['clip_grad_norm']:g}{mark('clip_grad_norm')}")
+    if recipe.get("accumulate", 1) != 1 or "accumulate" in flags:
+        parts.append(f"accumulate {recipe.get('accumulate', 1)}{mark('accumulate')}")
+    if recipe.get("early_stop"):
+        parts.append(_call_text({"name": "early_stop", **recipe["early_stop"]}))
+    parts += [f"batch {recipe['batch']}{mark('batch')}", f"{_epochs(recipe['epochs'])}{mark('epochs')}",
+              f"seed {recipe['seed']}{mark('seed')}"]
+    return ", ".join(parts)
 
 
 def _start(prog, path, out, resume, seed) -> tuple[Checkpoint, Path]:
@@ -278,17 +343,26 @@ def _start(prog, path, out, resume, seed) -> tuple[Checkpoint, Path]:
     return ckpt, run_dir
 
 
-def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, seed=None, data_dir=None,
-                      out=None, resume=None, log=print) -> Path:
+FLAGS = {"epochs": "--epochs", "batch": "--batch", "seed": "--seed", "lr": "--lr", "accumulate": "--accumulate",
+         "clip_grad_norm": "--clip-grad-norm"}  # the keys flags override, and the flags
+
+
+def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, seed=None, accumulate=None,
+                      clip_grad_norm=None, data_dir=None, out=None, resume=None, log=print) -> Path:
     """`odc compile-and-train`: flags (not None) override the recipe. Returns the run folder."""
     prog = program.load(path, model=train)
     ckpt, run_dir = _start(prog, path, out, resume, seed)
     recipe = ckpt.recipe
-    for key, value in (("epochs", epochs), ("batch", batch), ("seed", seed)):
-        if value is not None:
-            recipe[key] = value
-    if lr is not None:
-        recipe["optimizer"]["lr"] = lr
+    given = {"epochs": epochs, "batch": batch, "seed": seed, "lr": lr, "accumulate": accumulate,
+             "clip_grad_norm": clip_grad_norm}
+    flags = {key: FLAGS[key] for key, value in given.items() if value is not None}
+    for key in flags:
+        if key == "lr":
+            recipe["optimizer"]["lr"] = lr
+        else:
+            recipe[key] = given[key]
+    if recipe.get("schedule") and "epochs" in flags and schedules.past_the_end(recipe["schedule"], recipe["epochs"]):
+        note(f"note: {schedules.past_the_end(recipe['schedule'], recipe['epochs'])} (--epochs {recipe['epochs']})")
     if not recipe.get("data"):
         raise OdcError(f"{path}: error: no data set to train {prog.name} on\nhint: add a train block "
                        f"with its data, e.g. 'train {prog.name}:' and 'data = emnist(\"balanced\")'")
@@ -304,6 +378,10 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     _check_classes(model, data)
     _check_images(model, data)
     data = _held_out(data, recipe)
+    stop = recipe.get("early_stop")
+    if stop and stop["metric"].startswith("valid") and data.valid_x is None:
+        raise OdcError(f"early_stop watches {stop['metric']}, but this run holds out no validation part "
+                       f"({data.name} in {data.source} has a test part)\nhint: add 'valid = 0.1' to the train block")
     ckpt.classes = data.classes
     ckpt.data = ckpt.data or {"name": data.name, "source": data.source,
                               "dir": None if data_dir is None else str(Path(data_dir).resolve())}
@@ -318,15 +396,18 @@ def compile_and_train(path, *, train=None, epochs=None, batch=None, lr=None, see
     counts += [f"{len(data.test_y):,} test"] if data.test_y is not None else []
     log(f"{'resuming' if resume is not None else 'training'} {prog.name} ({path}, {n_params:,} parameters) "
         f"on {data.name}: {' / '.join(counts)} images, {len(data.classes)} classes")
-    log(f"recipe: {_describe(recipe)}; run folder {run_dir}"
+    log(f"recipe: {describe(recipe, flags)}; run folder {run_dir}"
         + (f"; continuing after epoch {ckpt.epoch}" if resume is not None else ""))
     ev = fit(model, data, ckpt, run_dir, epochs=recipe["epochs"], batch=recipe["batch"], log=log)
-    if ev is None:
+    if ev is None and _early_stopped(ckpt.history, recipe.get("early_stop")):
+        log("nothing to do: the run stopped early (above)")
+    elif ev is None:
         log(f"nothing to do: the run already has {_epochs(ckpt.epoch)}\n"
             f"hint: pass --epochs N with N > {ckpt.epoch}")
     else:
         log(class_report(ev, data.classes))
-        log(f"checkpoint {run_dir / checkpoint.FILENAME}; metrics {run_dir / METRICS}; plot {run_dir / PLOT}")
+        best = f"; best {run_dir / BEST}" if recipe.get("early_stop") else ""
+        log(f"checkpoint {run_dir / checkpoint.FILENAME}{best}; metrics {run_dir / METRICS}; plot {run_dir / PLOT}")
     return run_dir
 
 

@@ -83,6 +83,17 @@ def test_binary_broadcasting(check_ops, drawn, seed):
     check_ops(cases, rtol=2e-6, atol=1e-6)
 
 
+@examples(30)
+@given(broadcast_pair(), seeds)
+def test_where_takes_one_operand_and_ignores_the_other(check_ops, pair, seed):
+    """Even a NaN or an infinity in the operand not chosen stays out of the result."""
+    rng = np.random.default_rng(seed)
+    a, b = normal(rng, pair[0]), normal(rng, pair[1])
+    cond = (normal(rng, pair[1]) > 0).astype(np.float32)
+    a.flat[0], b.flat[-1] = np.nan, np.inf
+    check_ops([("where", [cond, a, b], {})], rtol=0, atol=0)
+
+
 # -- matrix products ------------------------------------------------------------------------
 @examples(30)
 @given(one_per_op(("matmul", "batched matmul", "linear"),

@@ -30,7 +30,8 @@ FEEDS = {"x": RNG.standard_normal((5, 3)), "label": RNG.integers(0, 2, 5), "w": 
 def step(spec, state=None, params=None):
     g = verify(optimizer.run(grads_graph(), **spec))
     state = state or {s.name: init_param(s, None) for s in g.args_of("state")}
-    return interp.run(g, {**FEEDS, **(params or {}), **state}, np.float64), g
+    lr = {optimizer.LR: np.float64(spec["lr"])}  # the step's learning-rate input
+    return interp.run(g, {**FEEDS, **(params or {}), **state, **lr}, np.float64), g
 
 
 def test_signature_and_outputs():
@@ -54,7 +55,7 @@ def test_updates_are_elementwise_ops(name):
     before = grads_graph()
     after = optimizer.run(before, **{"name": name, "lr": 0.1, "weight_decay": 0.1})
     new_ops = {n.op for n in after.nodes()} - {n.op for n in before.nodes()}
-    assert new_ops <= {"state", "const", "add", "sub", "mul", "div", "sqrt", "exp"}
+    assert new_ops <= {"state", "input", "const", "add", "sub", "mul", "div", "sqrt", "exp"}
 
 
 def test_sgd_with_momentum_and_weight_decay():

@@ -143,7 +143,7 @@ def test_lars_is_plain_sgd_where_a_norm_is_zero():
     step = optimizer.run(autodiff.run(g), name="lars", lr=0.5, weight_decay=0.1)
     rng = np.random.default_rng(0)
     feeds = {"x": rng.standard_normal((5, 3)), "label": rng.integers(0, 2, 5), "w": np.zeros((3, 2)),
-             "w.momentum_buffer": np.zeros((3, 2))}
+             "w.momentum_buffer": np.zeros((3, 2)), optimizer.LR: np.float64(0.5)}
     out = interp.run(step, feeds, np.float64)
     grad = interp.run(autodiff.run(g), feeds, np.float64)["grad.w"]
     assert np.abs(grad).max() > 0

@@ -34,6 +34,7 @@ POOLS = ["maxpool2d", "avgpool2d"]
 OTHERS = ["matmul", "linear", "conv2d", "batchnorm2d", "batchnorm1d", "layernorm", "reshape", "transpose",
           "broadcast_to", "cross_entropy", "mse"]
 OTHERS += ["concat", "pad", "slice"]  # in tests/codegen/test_structure_ops.py
+OTHERS += ["where"]
 OTHERS += ["adaptive_avgpool2d"]  # in tests/codegen/test_pool_v2.py
 
 
@@ -128,6 +129,17 @@ def test_binary_with_broadcasting(op, data):
     if op in ("maximum", "minimum", "gt", "ge"):  # no ties (kinks) even when both draws are equal
         b = b + 0.25
     check_vjp(op, [a, b])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_where(data):
+    """The gradient goes to a where the condition holds and to b elsewhere; none to the condition
+    (a mask of 0s and 1s, as the optimizer pass makes)."""
+    a_shape, b_shape = broadcastable(data.draw)
+    a, b = randn(data.draw, a_shape, b_shape)
+    cond = (randn(data.draw, data.draw(st.sampled_from([a_shape, b_shape, []])))[0] > 0).astype(np.float64)
+    check_vjp("where", [cond, a, b])
 
 
 @SETTINGS

@@ -443,9 +443,6 @@ def test_schedules_that_fit_the_run_are_accepted():
         assert parse_source(DIAG.format(epochs=5, schedule=text), "t.od").recipes["M"].schedule
 
 
-@pytest.mark.xfail(strict=True, reason="odc.schedules.past_the_end accepts a milestone equal to the run's epochs "
-                   "(max(milestones) > epochs), though MultiStepLR only applies milestone m from epoch m + 1, "
-                   "so with epochs = m the rate never changes, which is what the message says it reports")
 def test_a_milestone_at_the_last_epoch_never_changes_the_rate_and_is_reported(torch):
     epochs = 5
     for text, s in (("multistep([5])", spec("multistep", milestones=[5])),

@@ -65,6 +65,10 @@ class Scalar:
     def ge(self, a, b):
         return self.b.fcmp_ordered(">=", self._v(a), self._v(b))
 
+    def ne(self, a, b):
+        """Not equal, or either is NaN (as numpy's !=)."""
+        return self.b.fcmp_unordered("!=", self._v(a), self._v(b))
+
     def maximum(self, a, b):
         """The larger, or NaN if either is NaN (as torch.maximum)."""
         return self.kb.maximum(self._v(a), self._v(b))

@@ -261,6 +261,31 @@ binary("gt", lambda a, b: a > b, lambda e, n, y, dy: (None, None), lambda s, a, 
 binary("ge", lambda a, b: a >= b, lambda e, n, y, dy: (None, None), lambda s, a, b: s.select(s.ge(a, b), 1, 0))
 
 
+
+def _where_infer(ts, attrs):
+    cond, a, b = ts
+    if not (cond.dtype == a.dtype == b.dtype):
+        raise ShapeError(f"where of different element types: {cond}, {a} and {b}")
+    shape = broadcast_shapes(cond.shape, broadcast_shapes(a.shape, b.shape) or ())
+    if shape is None or broadcast_shapes(a.shape, b.shape) is None:
+        raise ShapeError(f"incompatible shapes for broadcasting in where: {cond}, {a} and {b}")
+    return TensorType(a.dtype, shape)
+
+
+def _where_vjp(e, n, y, dy):
+    cond, a, b = n.args
+    zero = c(e, 0, dy)
+    return (None, unbroadcast(e, e("where", cond, dy, zero), e.shape(a)),
+            unbroadcast(e, e("where", cond, zero, dy), e.shape(b)))
+
+
+# where(cond, a, b): a where cond is not 0, else b (a NaN or infinity in the other one does not
+# leak through, as it would through cond*a + (1-cond)*b); made by the optimizer pass
+register("where", _where_infer, lambda cond, a, b, attrs: np.where(cond != 0, a, b).astype(a.dtype, copy=False),
+         _where_vjp,
+         codegen="elementwise", scalar=lambda s, cond, a, b: s.select(s.ne(cond, 0), a, b), cost=0.1,
+         dtypes=FLOATS)
+
 def _broadcast_to_infer(ts, attrs):
     x, shape = ts[0], tuple(attrs["shape"])
     if broadcast_shapes(x.shape, shape) != shape:

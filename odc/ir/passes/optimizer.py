@@ -38,16 +38,33 @@ start unless said otherwise, whose next values are outputs, so one call of the g
   scales and shifts) are excluded from the adaptation and from the decay: v = momentum*v + lr*grad,
   p = p - v (plain momentum SGD).
 
+The learning rate is not a constant of the code: it is a scalar `input` `optimizer.lr`
+(attribute `schedule=lr`) that the runtime feeds at every step, so that a schedule changes it
+without compiling again; `lr` above stands for it, the other hyper-parameters are constants.
+
+Two options of the train block act on the gradients before the optimizer sees them:
+- `accumulate = k` (k > 1): a scalar state `accumulate.count` counts the steps since the last
+  update and a state `<param>.grad_sum` per parameter sums grad/k, as PyTorch's loop with
+  `(loss / k).backward()` sums `.grad`. At the k-th step (count + 1 = k, a mask `apply`), the
+  optimizer runs on the sums; every parameter and optimizer state takes its new value through
+  `where(apply, new, old)`, and count and sums restart at zero; at the other steps they keep
+  their values while count and sums grow. The loss output is the step's own batch loss.
+- `clip_grad_norm = c`, as torch.nn.utils.clip_grad_norm_: total = sqrt(sum over all
+  parameters of sum(grad^2)) (of the sums, with accumulation), and every gradient is multiplied
+  by min(1, c / (total + 1e-6)).
+
 The hyper-parameters are checked as torch.optim checks them (`hyper_parameters`); the front end
 reports the same problems at their place in the train block. The step is named
 `<model>.train_step`. Outputs: `loss`, `logits`, then `new.<param>` for each parameter and
 `new.<state>` for each state (those autodiff made first), in the order of the `state`
-arguments. The gradients are no longer outputs. No parameter can be named like Adam's powers:
-the front end's names have no dot, or a digit before it.
+arguments. The gradients are no longer outputs. No parameter can be named like Adam's powers
+or the learning rate: the front end's names have no dot, or a digit before it.
 """
 from __future__ import annotations
 
 import sys
+
+from functools import reduce
 
 from odc.errors import OdcError
 from odc.ir.graph import Graph, TensorType
@@ -70,7 +87,10 @@ OPTIMIZERS = {
 }
 BOOLEAN = {"nesterov", "centered"}  # true or false; every other hyper-parameter is a number
 DEFAULT = {"name": "sgd", "lr": 0.01}  # the optimizer of a model without a train block
+LR = "optimizer.lr"  # the step's learning-rate input
 options = {"name": f"{', '.join(OPTIMIZERS)} (default: the train block's)",
+           "clip_grad_norm": "clip the global gradient norm to this (default: the train block's)",
+           "accumulate": "update every k-th step with the mean gradient of k (default: the train block's)",
            **{k: "a hyper-parameter of the optimizer" for opt in OPTIMIZERS.values() for k in opt}}
 # what each hyper-parameter must be (as torch.optim requires, but lr > 0, dampening in [0, 1]
 # and LARS's trust > 0): in words, and the test
@@ -84,7 +104,8 @@ VALID = {"lr": ("a number > 0", lambda v: v > 0),
          "alpha": ("a number >= 0", lambda v: v >= 0),
          "lr_decay": ("a number >= 0", lambda v: v >= 0),
          "rho": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
-         "trust": ("a number > 0", lambda v: v > 0)}
+         "trust": ("a number > 0", lambda v: v > 0),
+         "clip_grad_norm": ("a number > 0", lambda v: v > 0)}
 
 
 def invalid(key: str, value) -> str | None:
@@ -121,25 +142,78 @@ def hyper_parameters(spec: dict) -> dict:
     return {"name": kind, **hp}
 
 
-def run(g: Graph, name: str | None = None, **settings) -> Graph:
+def run(g: Graph, name: str | None = None, clip_grad_norm: float | None = None, accumulate: int | None = None,
+        **settings) -> Graph:
     """`name` (a key of OPTIMIZERS) and hyper-parameters as `settings`; by default the train
-    block's optimizer, with `settings` replacing some of its hyper-parameters."""
-    spec = dict(g.meta.get("recipe", {}).get("optimizer") or DEFAULT)
+    block's optimizer, with `settings` replacing some of its hyper-parameters. `clip_grad_norm`
+    and `accumulate` default to the train block's too."""
+    recipe = g.meta.get("recipe", {})
+    spec = dict(recipe.get("optimizer") or DEFAULT)
     hp = hyper_parameters({"name": name, **settings} if name and name != spec["name"] else {**spec, **settings})
+    clip = recipe.get("clip_grad_norm") if clip_grad_norm is None else clip_grad_norm
+    accumulate = recipe.get("accumulate", 1) if accumulate is None else accumulate
+    if clip is not None and invalid("clip_grad_norm", clip):
+        raise OdcError(f"clip_grad_norm must be {invalid('clip_grad_norm', clip)}, got {clip!r}")
+    if not (isinstance(accumulate, int) and not isinstance(accumulate, bool) and accumulate >= 1):
+        raise OdcError(f"accumulate must be an integer >= 1, got {accumulate!r}")
     g = g.copy()
     g.name = f"{g.name}.train_step"
     states: list[tuple[int, int]] = []  # (state node, its next value), in creation order
+    dt = g.type(g.output("loss")).dtype
+    lr = g.add("input", attrs={"schedule": "lr"}, type=TensorType(dt, ()), name=LR)
+    grads = {p.id: g.output(f"grad.{p.name}") for p in g.params()}
+    apply = _accumulated(g, grads, accumulate, states) if accumulate > 1 else None
+    accumulators = len(states)  # the states that change at every step
+    if clip is not None:
+        _clip(g, grads, clip)
     kind = hp["name"]
     if kind in ("adam", "adamw"):
-        update = _adam(g, hp, states, decoupled=kind == "adamw")
+        update = _adam(g, hp, lr, grads, states, decoupled=kind == "adamw")
     else:
         update = {"sgd": _sgd, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta,
-                  "lars": _lars}[kind](g, hp, states)
+                  "lars": _lars}[kind](g, hp, lr, grads, states)
+    if apply is not None:  # only every k-th step updates; the accumulators update at every step
+        e = Emit(g)
+        update = {p: e("where", apply, u, p) for p, u in update.items()}
+        states[accumulators:] = [(s, e("where", apply, v, s)) for s, v in states[accumulators:]]
     carried = [(n, v) for n, v in g.outputs if n.startswith("new.")]  # from autodiff
     g.outputs = [("loss", g.output("loss")), ("logits", g.output("logits"))] + [
         (f"new.{p.name}", update[p.id]) for p in g.params()] + carried + [
         (f"new.{g.node(s).name}", v) for s, v in states]
     return dce.run(g)
+
+
+def _accumulated(g: Graph, grads: dict[int, int], k: int, states: list) -> int:
+    """Gradient accumulation over k steps, as PyTorch's loop with `(loss / k).backward()` and an
+    optimizer step every k-th batch: a scalar state `accumulate.count` (the steps since the last
+    update) and per parameter a state `<param>.grad_sum` (the sum of grad/k since then). Puts
+    the sums including this step's gradient into `grads` and returns `apply`, 1 at every k-th
+    step and 0 otherwise; the sums restart at zero after an update."""
+    e = Emit(g)
+    dt = g.type(g.output("loss")).dtype
+    count = _state(g, "accumulate.count", TensorType(dt, ()))
+    counted = e("add", count, e.const(1, dt))
+    apply = e("ge", counted, e.const(k, dt))
+    states.append((count, e("where", apply, e.const(0, dt), counted)))
+    for p, grad in grads.items():
+        node = g.node(p)
+        e = Emit(g, node.span)
+        total = _state(g, f"{node.name}.grad_sum", node.type)
+        grads[p] = e("add", total, e("mul", grad, e.const(1 / k, dt)))
+        states.append((total, e("where", apply, e.const(0, dt), grads[p])))
+    return apply
+
+
+def _clip(g: Graph, grads: dict[int, int], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_: the gradients scaled by min(1, max_norm / (total + 1e-6)),
+    total the Euclidean norm of all gradients together."""
+    e = Emit(g)
+    squares = [e("sum", e("mul", x, x)) for x in grads.values()]
+    total = e("sqrt", reduce(lambda a, b: e("add", a, b), squares))
+    dt = e.dtype(total)
+    scale = e("minimum", e("div", e.const(max_norm, dt), e("add", total, e.const(1e-6, dt))), e.const(1, dt))
+    for p in grads:
+        grads[p] = Emit(g, g.node(p).span)("mul", grads[p], scale)
 
 
 def _state(g: Graph, name: str, type: TensorType, init: str = "zeros") -> int:
@@ -161,7 +235,12 @@ def _scalar_state(g: Graph, name: str, init: str, states: list, step) -> int:
     return s
 
 
-def _sgd(g: Graph, hp: dict, states: list) -> dict[int, int]:
+def _descend(e: Emit, p: int, lr: int, step: int) -> int:
+    """p - lr*step."""
+    return e("sub", p, e("mul", step, lr))
+
+
+def _sgd(g: Graph, hp: dict, lr: int, grads: dict, states: list) -> dict[int, int]:
     new = {}
     damped = None  # the factor of the gradient in the buffer's update, where not 1
     if hp["momentum"] and hp["dampening"]:
@@ -170,20 +249,19 @@ def _sgd(g: Graph, hp: dict, states: list) -> dict[int, int]:
         e = Emit(g)
         damped = _axpy(e, hp["dampening"], first, e.const(1 - hp["dampening"], e.dtype(first)))
     for p in g.params():
-        e, grad = Emit(g, p.span), g.output(f"grad.{p.name}")
-        if hp["weight_decay"]:
-            grad = _axpy(e, hp["weight_decay"], p.id, grad)
+        e = Emit(g, p.span)
+        grad = _decayed(e, hp, p.id, grads[p.id])
         if hp["momentum"]:
             buf = _state(g, f"{p.name}.momentum_buffer", p.type)
             step = grad if damped is None else e("mul", grad, damped)
             states.append((buf, _axpy(e, hp["momentum"], buf, step)))
             grad = _axpy(e, hp["momentum"], states[-1][1], grad) if hp["nesterov"] else states[-1][1]
-        new[p.id] = _axpy(e, -hp["lr"], grad, p.id)
+        new[p.id] = _descend(e, p.id, lr, grad)
     return new
 
 
-def _adam(g: Graph, hp: dict, states: list, decoupled: bool) -> dict[int, int]:
-    b1, b2, wd, lr = hp["beta1"], hp["beta2"], hp["weight_decay"], hp["lr"]
+def _adam(g: Graph, hp: dict, lr: int, grads: dict, states: list, decoupled: bool) -> dict[int, int]:
+    b1, b2, wd = hp["beta1"], hp["beta2"], hp["weight_decay"]
     dt = g.type(g.output("loss")).dtype
     e = Emit(g)
     one = e.const(1, dt)
@@ -192,13 +270,13 @@ def _adam(g: Graph, hp: dict, states: list, decoupled: bool) -> dict[int, int]:
         power = _state(g, f"adam.beta{k}_power", TensorType(dt, ()), "ones")
         states.append((power, e("mul", power, e.const(b, dt))))
         bias_corrections.append(e("sub", one, states[-1][1]))
-    step_size = e("div", e.const(lr, dt), bias_corrections[0])
+    step_size = e("div", lr, bias_corrections[0])
     sqrt_bc2 = e("sqrt", bias_corrections[1])
     new = {}
     for p in g.params():
-        e, grad, param = Emit(g, p.span), g.output(f"grad.{p.name}"), p.id
+        e, grad, param = Emit(g, p.span), grads[p.id], p.id
         if wd and decoupled:
-            param = e("mul", param, e.const(1 - lr * wd, dt))
+            param = e("mul", param, e("sub", one, e("mul", lr, e.const(wd, dt))))
         elif wd:
             grad = _axpy(e, wd, p.id, grad)
         m, v = _state(g, f"{p.name}.exp_avg", p.type), _state(g, f"{p.name}.exp_avg_sq", p.type)
@@ -220,12 +298,12 @@ def _ema(e: Emit, rate: float, avg: int, x: int) -> int:
     return e("add", e("mul", avg, e.const(rate, e.dtype(avg))), e("mul", x, e.const(1 - rate, e.dtype(x))))
 
 
-def _rmsprop(g: Graph, hp: dict, states: list) -> dict[int, int]:
+def _rmsprop(g: Graph, hp: dict, lr: int, grads: dict, states: list) -> dict[int, int]:
     new = {}
     for p in g.params():
         e = Emit(g, p.span)
         dt = p.type.dtype
-        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        grad = _decayed(e, hp, p.id, grads[p.id])
         sq = _state(g, f"{p.name}.square_avg", p.type)
         states.append((sq, _ema(e, hp["alpha"], sq, e("mul", grad, grad))))
         var = states[-1][1]
@@ -238,19 +316,19 @@ def _rmsprop(g: Graph, hp: dict, states: list) -> dict[int, int]:
             buf = _state(g, f"{p.name}.momentum_buffer", p.type)
             states.append((buf, _axpy(e, hp["momentum"], buf, step)))
             step = states[-1][1]
-        new[p.id] = _axpy(e, -hp["lr"], step, p.id)
+        new[p.id] = _descend(e, p.id, lr, step)
     return new
 
 
-def _adagrad(g: Graph, hp: dict, states: list) -> dict[int, int]:
+def _adagrad(g: Graph, hp: dict, lr: int, grads: dict, states: list) -> dict[int, int]:
     t = _scalar_state(g, "adagrad.step", "zeros", states, lambda e, s: e("add", s, e.const(1, e.dtype(s))))
     e = Emit(g)
     dt = e.dtype(t)
-    clr = e("div", e.const(-hp["lr"], dt), _axpy(e, hp["lr_decay"], t, e.const(1, dt)))  # -lr/(1 + (t-1)*decay)
+    clr = e("div", e("neg", lr), _axpy(e, hp["lr_decay"], t, e.const(1, dt)))  # -lr/(1 + (t-1)*decay)
     new = {}
     for p in g.params():
         e = Emit(g, p.span)
-        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        grad = _decayed(e, hp, p.id, grads[p.id])
         acc = _state(g, f"{p.name}.sum", p.type)
         states.append((acc, e("add", acc, e("mul", grad, grad))))
         std = e("add", e("sqrt", states[-1][1]), e.const(hp["eps"], dt))
@@ -258,17 +336,17 @@ def _adagrad(g: Graph, hp: dict, states: list) -> dict[int, int]:
     return new
 
 
-def _adadelta(g: Graph, hp: dict, states: list) -> dict[int, int]:
+def _adadelta(g: Graph, hp: dict, lr: int, grads: dict, states: list) -> dict[int, int]:
     new = {}
     for p in g.params():
         e = Emit(g, p.span)
         eps = e.const(hp["eps"], p.type.dtype)
-        grad = _decayed(e, hp, p.id, g.output(f"grad.{p.name}"))
+        grad = _decayed(e, hp, p.id, grads[p.id])
         sq, acc = _state(g, f"{p.name}.square_avg", p.type), _state(g, f"{p.name}.acc_delta", p.type)
         sq_new = _ema(e, hp["rho"], sq, e("mul", grad, grad))
         delta = e("mul", e("div", e("sqrt", e("add", acc, eps)), e("sqrt", e("add", sq_new, eps))), grad)
         states += [(sq, sq_new), (acc, _ema(e, hp["rho"], acc, e("mul", delta, delta)))]
-        new[p.id] = _axpy(e, -hp["lr"], delta, p.id)
+        new[p.id] = _descend(e, p.id, lr, delta)
     return new
 
 
@@ -278,12 +356,12 @@ def lars_adapted(type: TensorType) -> bool:
     return type.rank >= 2
 
 
-def _lars(g: Graph, hp: dict, states: list) -> dict[int, int]:
+def _lars(g: Graph, hp: dict, lr: int, grads: dict, states: list) -> dict[int, int]:
     new = {}
     for p in g.params():
         e = Emit(g, p.span)
         dt = p.type.dtype
-        grad = g.output(f"grad.{p.name}")
+        grad = grads[p.id]
         if lars_adapted(p.type):
             zero, one = e.const(0, dt), e.const(1, dt)
             norm = lambda x: e("sqrt", e("sum", e("mul", x, x)))  # noqa: E731
@@ -293,9 +371,9 @@ def _lars(g: Graph, hp: dict, states: list) -> dict[int, int]:
             denom = e("add", _axpy(e, hp["weight_decay"], w_norm, g_norm), e("sub", one, both))
             ratio = e("div", e("mul", w_norm, e.const(hp["trust"], dt)), denom)
             local = e("add", e("mul", both, ratio), e("sub", one, both))
-            step = e("mul", _decayed(e, hp, p.id, grad), e("mul", local, e.const(hp["lr"], dt)))
+            step = e("mul", _decayed(e, hp, p.id, grad), e("mul", local, lr))
         else:
-            step = e("mul", grad, e.const(hp["lr"], dt))
+            step = e("mul", grad, lr)
         if hp["momentum"]:
             buf = _state(g, f"{p.name}.momentum_buffer", p.type)
             states.append((buf, _axpy(e, hp["momentum"], buf, step)))
