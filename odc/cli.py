@@ -162,6 +162,32 @@ def _train():
     return train
 
 
+def _register_export(sub):
+    from odc.export import MIN_OPSET
+    p = sub.add_parser("export", help="write a checkpoint's inference graph as an ONNX model",
+                       description="Write the inference graph of a checkpoint (batch norms on their running "
+                                   "statistics, no dropout) as an ONNX model: a symbolic batch size, the "
+                                   "input named as in the .od file, the output 'logits', the parameters as "
+                                   "initializers. The file passes onnx.checker before it is written. Needs "
+                                   "the onnx package: pip install 'odc[onnx]'.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a run folder or its checkpoint.safetensors")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="the ONNX file to write")
+    p.add_argument("--opset", metavar="N", type=int, default=MIN_OPSET,
+                   help=f"the ONNX opset (default {MIN_OPSET}, the oldest odc writes; up to the newest the "
+                        f"installed onnx knows)")
+    p.add_argument("--normalize", action="store_true",
+                   help="put the recipe's normalize step into the graph: the model then takes images "
+                        "scaled to [0, 1] (without it, it takes what odc's forward takes)")
+    p.set_defaults(func=_export)
+
+
+def _export(a):
+    from odc import export
+    export.check_opset(a.opset)  # a bad --opset or a missing onnx before the checkpoint is read
+    proto = export.export_onnx(odc.load_checkpoint(a.checkpoint), a.output, a.opset, a.normalize)
+    print(f"wrote {a.output} (ONNX opset {a.opset})\n{proto.doc_string}")
+
+
 def _register_dump_ir(sub):
     p = sub.add_parser("dump-ir", help="print a model's IR after a compiler pass, or its generated code",
                        description="Print the IR of the model's training step after a pass of the "
@@ -484,8 +510,8 @@ def _check(a):
 
 
 # in the order `odc --help` lists them: the main job first, then the compiler's tools
-COMMANDS = [_register_compile_and_train, _register_eval, _register_predict, _register_check, _register_dump_ir,
-            _register_opt, _register_gradcheck, _register_bench, _register_data, _register_cache]
+COMMANDS = [_register_compile_and_train, _register_eval, _register_predict, _register_export, _register_check,
+            _register_dump_ir, _register_opt, _register_gradcheck, _register_bench, _register_data, _register_cache]
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ LAYERS = [
     ("ir", ("odc.ir",)),
     ("frontend", ("odc.frontend",)),
     ("codegen", ("odc.codegen",)),
-    ("driver", ("odc.program", "odc.checkpoint")),
+    ("driver", ("odc.program", "odc.checkpoint", "odc.export")),
     ("training", ("odc.runtime",)),
     ("cli", ("odc.cli",)),
 ]
