@@ -110,6 +110,11 @@ def _register_compile_and_train(sub):
                    type=_number(float, lambda x: invalid("lr", x) is None, f"a learning rate, {VALID['lr'][0]}"))
     p.add_argument("--seed", metavar="N", type=_count("seed", "a seed"),
                    help="seed of the initial weights, the shuffling and dropout")
+    p.add_argument("--accumulate", metavar="K", type=_count("accumulate", "a number of batches"),
+                   help="update every K batches with their mean gradient")
+    p.add_argument("--clip-grad-norm", metavar="X", help="clip the global gradient norm to X",
+                   type=_number(float, lambda x: invalid("clip_grad_norm", x) is None,
+                                f"a gradient norm, {VALID['clip_grad_norm'][0]}"))
     p.add_argument("--data", metavar="DIR", type=_folder, help="the folder that holds the data set")
     p.add_argument("--out", metavar="DIR", type=_folder, help="the run folder (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="DIR", type=_folder, help="continue the run in DIR from its last checkpoint")
@@ -119,7 +124,8 @@ def _register_compile_and_train(sub):
 def _compile_and_train(a):
     _check_threads()
     _train().compile_and_train(a.file, train=a.train, epochs=a.epochs, batch=a.batch, lr=a.lr, seed=a.seed,
-                               data_dir=a.data, out=a.out, resume=a.resume)
+                               accumulate=a.accumulate, clip_grad_norm=a.clip_grad_norm, data_dir=a.data,
+                               out=a.out, resume=a.resume)
 
 
 def _register_eval(sub):

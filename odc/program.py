@@ -36,6 +36,7 @@ from odc.frontend import parse_file, parse_source
 from odc.frontend.recipe import Recipe
 from odc.ir.graph import Graph, Node
 from odc.ir import interp, ops, passes
+from odc.ir.ops import augment
 from odc.ir.dtypes import NP_DTYPES
 from odc.ir.dot import to_dot
 from odc.ir.passes import shape_infer
@@ -63,7 +64,9 @@ class Program:
 
     def options(self, target: str = "label") -> dict[str, dict]:
         """The options the recipe gives the passes."""
-        return {"autodiff": {"loss": self.recipe["loss"], "target": target,
+        return {"augment": {"normalize": self.recipe.get("normalize"), "augment": self.recipe.get("augment", [])},
+                "normalize": {"normalize": self.recipe.get("normalize")},
+                "autodiff": {"loss": self.recipe["loss"], "target": target,
                              "label_smoothing": self.recipe.get("label_smoothing", 0.0)},
                 "optimizer": dict(self.recipe["optimizer"])}
 
@@ -134,6 +137,23 @@ def init_param(p: Node, rng: np.random.Generator) -> np.ndarray:
     return value.astype(NP_DTYPES[p.type.dtype])
 
 
+def mixes_examples(g: Graph) -> Node | None:
+    """The first node of `g` (a graph with a symbolic batch size, the first input's dim 0) at
+    which one example's result may depend on another example, or None: one that moves the batch
+    axis or reduces over it (its result is not batched while an operand is), or that names axis
+    0 of a batched operand (softmax, concat, slice, reductions)."""
+    sym = g.inputs()[0].type.shape[0]
+    for n in (g.node(i) for i in g.order()):
+        batched = [g.type(a) for a in n.args if g.type(a).shape[:1] == (sym,)]
+        if sym in n.type.shape[1:] or (batched and n.type.shape[:1] != (sym,)):
+            return n
+        axis = n.attrs.get("axis")
+        axes = [axis] if isinstance(axis, int) else axis if isinstance(axis, list) else []
+        if batched and any(a % batched[0].rank == 0 for a in axes):
+            return n
+    return None
+
+
 def dropout_masks(g: Graph, sizes: dict[str, int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A mask for each dropout mask input of `g` (made by the autodiff pass), drawn from `rng` as
     PyTorch draws one: each element is 0 with probability p, else 1/(1-p). `sizes` binds the
@@ -186,6 +206,12 @@ class Model:
                 arrays[k] = out[f"new.{k}"]
         return float(out["loss"])
 
+    @property
+    def takes_uint8(self) -> bool:
+        """Whether the model takes uint8 images (0 to 255) and converts them in its graphs: when
+        its recipe has `normalize` or `augment` (see `odc.ir.passes.augment`)."""
+        return self._graph("forward").inputs()[0].type.dtype == "u8"
+
     def one_value_per_channel(self, batch: int) -> Node | None:
         """The first batch norm that would see one value per channel (N·H·W = 1 for
         batchnorm2d, N = 1 for batchnorm1d) in a training batch of `batch` examples, or None.
@@ -219,6 +245,9 @@ class Model:
         target = "float" if y is not None and np.asarray(y).dtype.kind == "f" else "label"
         g = self._graph(kind, target)
         image = g.inputs()[0]
+        if image.type.dtype == "u8" and np.asarray(x).dtype != np.uint8:
+            raise OdcError(f"input '{image.name}' takes uint8 images (0 to 255), which the model's recipe converts "
+                           f"(normalize, augment) in its graphs; got an array of {np.asarray(x).dtype}")
         try:
             feeds = {image.name: np.asarray(x, NP_DTYPES[image.type.dtype])}
         except (TypeError, ValueError, OverflowError):
@@ -254,15 +283,18 @@ class Model:
 
     def step_inputs(self, g: Graph, sizes: dict[str, int]) -> dict[str, np.ndarray]:
         """The inputs of `g` that the runtime supplies at each call, besides images and labels:
-        dropout masks (drawn from the model's generator) and the learning rate `lr`."""
-        return {**dropout_masks(g, sizes, self.rng),
-                **{a.name: np.asarray(self.lr, NP_DTYPES[a.type.dtype]) for a in g.inputs()
-                   if a.attrs.get("schedule") == "lr"}}
+        dropout masks and the parameters of the augmentations (drawn from the model's generator)
+        and the learning rate `lr`."""
+        with np.errstate(over="ignore"):  # a rate beyond float32's range is infinite, as in PyTorch
+            rate = {a.name: np.asarray(self.lr, NP_DTYPES[a.type.dtype]) for a in g.inputs()
+                    if a.attrs.get("schedule") == "lr"}
+        return {**dropout_masks(g, sizes, self.rng), **augment.draw_inputs(g, sizes, self.rng), **rate}
 
     def _larger_forward(self, key: tuple, batch: int) -> tuple | None:
         """The smallest compiled forward pass for more than `batch` examples, when `key` (a
-        forward pass whose only size symbol is the batch) is not compiled itself."""
-        if key in self._compiled or len(key[2]) != 1:
+        forward pass whose only size symbol is the batch) is not compiled itself and the model
+        computes each example on its own (`mixes_examples`)."""
+        if key in self._compiled or len(key[2]) != 1 or mixes_examples(self._graph("forward")):
             return None
         sym = key[2][0][0]
         bigger = [k for k in self._compiled if k[:2] == key[:2] and len(k[2]) == 1 and k[2][0][0] == sym

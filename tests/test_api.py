@@ -79,16 +79,17 @@ def test_ir_after_each_pass(small):
     dumps = prog.ir(after="all")
     headers = [line for line in dumps.splitlines() if line.startswith("// after ") or line.startswith("func ")]
     assert headers == ["// after shape-infer", "func @Small(", "// after dce", "func @Small(",
+                       "// after augment", "func @Small(", "// after normalize", "func @Small(",
                        "// after inference", "func @Small(", "// after train-mode", "func @Small(",
                        "// after autodiff", "func @Small(",
                        "// after optimizer", "func @Small.train_step(",
                        "// after fuse", "func @Small.train_step(",
                        "// after plan-memory", "func @Small.train_step("]
-    assert dumps.split("// after ")[3] == "inference\n" + prog.ir(after="inference")
-    assert dumps.split("// after ")[4] == "train-mode\n" + prog.ir(after="train-mode")
+    assert dumps.split("// after ")[5] == "inference\n" + prog.ir(after="inference")
+    assert dumps.split("// after ")[6] == "train-mode\n" + prog.ir(after="train-mode")
     assert "dropout1.mask" in prog.ir(after="train-mode") and "cross_entropy(" not in prog.ir(after="train-mode")
-    assert dumps.split("// after ")[6] == "optimizer\n" + prog.ir(after="optimizer")
-    assert dumps.split("// after ")[8] == "plan-memory\n" + prog.ir()
+    assert dumps.split("// after ")[8] == "optimizer\n" + prog.ir(after="optimizer")
+    assert dumps.split("// after ")[10] == "plan-memory\n" + prog.ir()
     assert prog.ir(format="dot").startswith('digraph "Small.train_step" {')
     with pytest.raises(odc.OdcError, match="no pass named 'fusion'"):
         prog.ir(after="fusion")
@@ -197,7 +198,7 @@ def test_dump_ir_command(small, capsys):
     out = capsys.readouterr().out
     assert out == odc.load(small).ir(after="optimizer")
     assert main(["dump-ir", str(small), "--after", "nope"]) == 1
-    assert "error: no pass named 'nope'; the passes are shape-infer, dce, inference, train-mode, autodiff, optimizer" in capsys.readouterr().err
+    assert "error: no pass named 'nope'; the passes are shape-infer, dce, augment, normalize, inference, train-mode, autodiff, optimizer" in capsys.readouterr().err
 
 
 def test_gradcheck_command(small, capsys):

@@ -12,7 +12,7 @@ ROOT = Path(odc.__file__).parent
 
 # the layers, bottom up; a module may import its own layer's modules and those of lower layers
 LAYERS = [
-    ("leaf", ("odc.errors", "odc.datasets", "odc.version")),
+    ("leaf", ("odc.errors", "odc.datasets", "odc.schedules", "odc.version")),
     ("ir", ("odc.ir",)),
     ("frontend", ("odc.frontend",)),
     ("codegen", ("odc.codegen",)),

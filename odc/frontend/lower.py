@@ -22,6 +22,7 @@ mistake is reported once. `lower_model` raises all diagnostics together as one `
 from __future__ import annotations
 
 import difflib
+import re
 import math
 import operator
 import sys
@@ -65,7 +66,7 @@ def raise_diagnostics(diags: list[Diagnostic]) -> None:
 def bind(fname: str, usage: str, call: ast.Call) -> dict[str, ast.Expr]:
     """Match a call's arguments to the parameters in `usage` (e.g. ``"x, out, bias=true"``; a
     parameter with ``=`` is optional) as Python does: name → argument expression, in source order."""
-    entries = [p.strip() for p in usage.split(",") if p.strip()]
+    entries = [p.strip() for p in re.split(r",(?![^\[]*\])", usage) if p.strip()]  # not inside [...]
     params = [p.split("=")[0] for p in entries]
     hint = f"usage: {fname}({usage})"
     if call.kwargs:
@@ -264,6 +265,8 @@ class ModelLowerer:
                         f"declare input {st.name}: {want}, or train on another data set")
             fail.diagnostic.notes.append(f"the data set is chosen at {data}")
             self.diags.append(fail.diagnostic)  # the input is still what it says: lowering goes on
+        if self.recipe and t.rank == 4 and all(isinstance(d, int) for d in t.shape[1:]):
+            self.diags += self.recipe.image_problems(tuple(t.shape[1:]))
         return Tensor(self.arg("input", st.name, t, {}, st.span))
 
     def param_stmt(self, st: ast.Param, env: dict, prefix: str | None) -> Tensor:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from odc.errors import Diagnostic, OdcError, Span
 from odc.frontend import ast
-from odc.frontend.lower import Fail, as_call, bind, did_you_mean, literal, od_text
+from odc.frontend.lower import Fail, as_call, bind, did_you_mean, is_number, literal, od_text
+from odc.ir.ops.augment import AUGMENTATIONS, augment_problem, normalize_problem
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import BOOLEAN, DEFAULT, OPTIMIZERS, hyper_parameters, invalid
 from odc import datasets, schedules
@@ -18,14 +19,15 @@ from odc.datasets import EMNIST_SPLITS
 
 
 def _usage(params: dict) -> str:
-    """An optimizer's parameters as a train block writes them, e.g. "lr, momentum=0, nesterov=false"."""
-    return ", ".join(k if v is None else f"{k}={od_text(v)}" if isinstance(v, bool) else f"{k}={v:g}"
+    """A call's parameters as a train block writes them, e.g. "lr, momentum=0, nesterov=false"."""
+    return ", ".join(k if v is None else f"{k}={v:g}" if is_number(v) else f"{k}={od_text(v)}"
                      for k, v in params.items())
 
 
 OPTIMIZER_USAGE = {name: _usage(params) for name, params in OPTIMIZERS.items()}
-KEYS = ("data", "valid", "loss", "optimizer", "schedule", "clip_grad_norm", "accumulate", "early_stop",
-        "epochs", "batch", "seed")
+KEYS = ("data", "valid", "augment", "normalize", "loss", "optimizer", "schedule", "clip_grad_norm", "accumulate",
+        "early_stop", "epochs", "batch", "seed")
+AUGMENT_USAGE = {name: _usage(args) for name, args in AUGMENTATIONS.items()}
 EARLY_STOP_METRICS = ("valid_loss", "valid_accuracy", "train_loss")
 SCHEDULE_USAGE = {name: _usage(args).replace("then", "then=SCHEDULE") for name, args in schedules.SCHEDULES.items()}
 
@@ -37,6 +39,9 @@ class Recipe:
     valid: float | None = None  # the fraction of the training part held out for validation
     classes: int | None = None  # the data set's class count, None where unknown before loading
     image: tuple[int, int, int] | None = None  # [channels, height, width] of its images, where known
+    augment: list[dict] | None = None  # [{"name": "hflip", "p": 0.5}, ...] (see odc.ir.ops.augment)
+    augment_spans: list[Span] = field(default_factory=list)  # each entry's call
+    normalize: dict | None = None  # {"mean": [...], "std": [...]}
     loss: str = "cross_entropy"
     label_smoothing: float = 0.0  # cross_entropy's
     optimizer: str = DEFAULT["name"]
@@ -55,13 +60,23 @@ class Recipe:
     def as_dict(self) -> dict:
         """The recipe as the rest of odc reads it from ``graph.meta["recipe"]`` (JSON-ready)."""
         return {"data": list(self.data) if self.data else None,
-                **({"valid": self.valid} if self.valid is not None else {}), "loss": self.loss,
+                **({"valid": self.valid} if self.valid is not None else {}),
+                **{k: getattr(self, k) for k in ("augment", "normalize") if getattr(self, k) is not None},
+                "loss": self.loss,
                 **({"label_smoothing": self.label_smoothing} if self.label_smoothing else {}),
                 "optimizer": {"name": self.optimizer, **self.optimizer_args},
                 **{k: getattr(self, k) for k in ("schedule", "clip_grad_norm", "early_stop")
                    if getattr(self, k) is not None},
                 **({"accumulate": self.accumulate} if self.accumulate != 1 else {}),
                 "epochs": self.epochs, "batch": self.batch, "seed": self.seed}
+
+    def image_problems(self, image: tuple[int, int, int]) -> list[Diagnostic]:
+        """What does not fit images of `image` = (C, H, W), the model's input: each augmentation
+        at its place, and normalize's lists."""
+        found = [Diagnostic(p, span) for entry, span in zip(self.augment or [], self.augment_spans)
+                 if (p := augment_problem(entry, image))]
+        problem = self.normalize and normalize_problem(self.normalize, image[0])
+        return found + ([Diagnostic(problem, self.spans["normalize"])] if problem else [])
 
     @property
     def data_text(self) -> str | None:
@@ -187,6 +202,34 @@ def _set_optimizer(r: Recipe, e: ast.Expr) -> None:
     r.optimizer, r.optimizer_args = hp.pop("name"), hp
 
 
+def _constant(e: ast.Expr):
+    """A constant, or a list of constants."""
+    return [literal(i) for i in e.items] if isinstance(e, ast.List) else literal(e)
+
+
+def _set_augment(r: Recipe, e: ast.Expr) -> None:
+    """A list of augmentation calls; whether each fits the images is checked with the model's
+    input (`image_problems`)."""
+    if not isinstance(e, ast.List):
+        raise Fail("augment must be a list of augmentations", e.span, "e.g. augment = [random_crop(32, pad=4), hflip()]")
+    r.augment = []
+    for item in e.items:
+        name, args = _choose_exprs(item, "augmentation", AUGMENT_USAGE)
+        r.augment.append({"name": name, **AUGMENTATIONS[name], **{k: _constant(x) for k, x in args.items()}})
+        r.augment_spans.append(item.span)
+
+
+def _set_normalize(r: Recipe, e: ast.Expr) -> None:
+    _, args = _choose_exprs(e, "normalization", {"normalize": "mean, std"})
+    values = {k: _constant(x) for k, x in args.items()}
+    for key, x in args.items():
+        v = values[key]
+        if not (isinstance(v, list) and v and all(is_number(i) for i in v)):
+            raise Fail(f"normalize: {key} must be a list of numbers, one per channel, got {od_text(v)}", x.span,
+                       "e.g. normalize(mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616])")
+    r.normalize = {k: [float(i) for i in v] for k, v in values.items()}
+
+
 def _schedule(e: ast.Expr) -> dict:
     """A schedule call, each argument checked at its place (`then=` holds another schedule)."""
     name, args = _choose_exprs(e, "schedule", SCHEDULE_USAGE)
@@ -196,10 +239,8 @@ def _schedule(e: ast.Expr) -> dict:
             if as_call(x) is None:
                 raise Fail("warmup: then must be a schedule, e.g. then=cosine()", x.span)
             v = _schedule(x)
-        elif key == "milestones" and isinstance(x, ast.List):
-            v = [literal(i) for i in x.items]
         else:
-            v = literal(x)
+            v = _constant(x)
         problem = schedules.invalid(name, key, v)
         if problem:
             raise Fail(f"{name}: {key} must be {problem}, got {od_text(v) if key != 'then' else v['name']}", x.span)
@@ -246,6 +287,7 @@ def _count(key: str, lo: int, hi: int):
 
 LIMITS = {"epochs": (1, 100_000), "batch": (1, 1_000_000), "seed": (0, 2**63 - 1),  # (lo, hi), inclusive
           "accumulate": (1, 1_000_000)}
-_SETTERS = {"data": _set_data, "valid": _set_valid, "loss": _set_loss, "optimizer": _set_optimizer,
+_SETTERS = {"data": _set_data, "valid": _set_valid, "augment": _set_augment, "normalize": _set_normalize,
+            "loss": _set_loss, "optimizer": _set_optimizer,
             "schedule": _set_schedule, "clip_grad_norm": _set_clip, "early_stop": _set_early_stop,
             **{key: _count(key, lo, hi) for key, (lo, hi) in LIMITS.items()}}

@@ -25,7 +25,9 @@ Messages: `log` (stdout by default) gets the run's lines; notes and compile even
 compiled for which batch, and how long it took) go to stderr, on a terminal or not.
 
 Images stay uint8 in memory (`[n, H, W]` grey or `[n, C, H, W]`) and go to the model a batch at
-a time as float32 `[B, C, H, W]` scaled to [0, 1], labels as int64.
+a time (`batch_of`): as they are when the recipe normalizes or augments them (the compiled step
+converts, augments and normalizes them), else as float32 `[B, C, H, W]` scaled to [0, 1]; labels
+as int64.
 """
 from __future__ import annotations
 
@@ -62,9 +64,17 @@ class Evaluation:
     part: str = "test"      # which part it was measured on: "test" or "validation"
 
 
+def batch_of(model, images: np.ndarray) -> np.ndarray:
+    """uint8 images [n, H, W] or [n, C, H, W] as the model takes them: uint8 [n, C, H, W] when its
+    graphs convert them (a recipe with normalize or augment), else float32 in [0, 1]."""
+    if model.takes_uint8:
+        return images if images.ndim == 4 else images[:, None]
+    return as_float(images)
+
+
 def predict_logits(model, images: np.ndarray) -> np.ndarray:
     """Logits for uint8 images [n, H, W] or [n, C, H, W], computed EVAL_BATCH at a time."""
-    return np.concatenate([model.forward(as_float(images[i:i + EVAL_BATCH]))
+    return np.concatenate([model.forward(batch_of(model, images[i:i + EVAL_BATCH]))
                            for i in range(0, len(images), EVAL_BATCH)])
 
 
@@ -170,7 +180,7 @@ def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc
             idx = order[start:start + batch]
             if rate is not None:
                 model.lr = rate(i)
-            loss = float(model.train_step(as_float(data.train_x[idx]), data.train_y[idx]))
+            loss = float(model.train_step(batch_of(model, data.train_x[idx]), data.train_y[idx]))
             if not math.isfinite(loss):
                 raise OdcError(f"the training loss became {loss} at image {start:,} of {desc}\n"
                                f"hint: lower the learning rate (--lr)")
@@ -301,7 +311,9 @@ def describe(recipe: dict, flags: dict[str, str]) -> str:
     """The recipe in one line: loss, optimizer, schedule, options, batch, epochs, seed; `flags`
     maps each key a command-line flag set to the flag, shown beside it."""
     mark = lambda key: f" [{flags[key]}]" if key in flags else ""  # noqa: E731
-    parts = [recipe["loss"] + (f"(label_smoothing={recipe['label_smoothing']:g})" if recipe.get("label_smoothing") else ""),
+    parts = [f"augment [{', '.join(_call_text(a) for a in recipe['augment'])}]"] if recipe.get("augment") else []
+    parts += [_call_text({"name": "normalize", **recipe["normalize"]})] if recipe.get("normalize") else []
+    parts += [recipe["loss"] + (f"(label_smoothing={recipe['label_smoothing']:g})" if recipe.get("label_smoothing") else ""),
              _call_text(recipe["optimizer"], {"lr": flags["lr"]} if "lr" in flags else {})]
     if recipe.get("schedule"):
         parts.append(f"schedule {_call_text(recipe['schedule'])}")
@@ -573,7 +585,7 @@ def predict(ckpt_path, image_path, top: int = 5, log=print) -> list[tuple[str, f
         image, how = read_image(image_path, h)
     else:
         image, how = read_picture(image_path, (h, w), channels)
-    logits = model.forward(as_float(image[None])).astype(np.float64)[0]
+    logits = model.forward(batch_of(model, image[None])).astype(np.float64)[0]
     prob = np.exp(log_softmax_ref(logits, {}))
     classes = ckpt.classes or [str(i) for i in range(len(prob))]
     best = [(classes[i], float(prob[i])) for i in np.argsort(-prob, kind="stable")[:top]]

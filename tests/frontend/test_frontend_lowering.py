@@ -66,6 +66,10 @@ TORCH = {  # model file -> (the network in PyTorch, its parameters in .od order)
     "vgg_letters.od": lambda: (lambda m: (m, list(m.parameters())))(nn.Sequential(
         *vgg_block(1, 16), *vgg_block(16, 32), nn.Flatten(), nn.Linear(1568, 128), nn.ReLU(),
         nn.Linear(128, 26)).train()),  # batch norm with batch statistics, as odc's batchnorm2d
+    "mnist_example.od": lambda: (lambda m: (m, list(m.parameters())))(nn.Sequential(  # pytorch/examples' MNIST net
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(9216, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 47),
+        nn.LogSoftmax(dim=1)).eval()),
 }
 
 

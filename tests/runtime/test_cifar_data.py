@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import http.server
 import io
-import json
 import os
 import pickle
 import re
@@ -31,6 +30,7 @@ from odc.errors import CompileError, OdcError
 from odc.frontend import parse_source
 from odc.runtime import data
 from odc.runtime.data import as_float, hold_out, load_dataset, stratified_split
+from tests.runtime.files import metrics
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar10"
 ARCHIVE = SHARED / "cifar10-train.tar.gz"
@@ -51,12 +51,6 @@ train Colour:
     seed = 3
 """
 
-
-@pytest.fixture(autouse=True)
-def no_user_data(tmp_path, monkeypatch):
-    """Keep the user's $ODC_DATA and cache folder (and its decoded images) out of every test."""
-    monkeypatch.delenv("ODC_DATA", raising=False)
-    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
 
 
 def images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -602,9 +596,6 @@ def test_hold_out_is_stratified_and_fixed_by_the_seed(tmp_path):
         hold_out(ds, 0.01, 0)
 
 
-def metrics(run) -> list[dict]:
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -633,7 +624,7 @@ def test_valid_is_evaluated_every_epoch_and_the_test_part_at_the_end(trained):
     assert recs[0]["test_loss"] is None and recs[0]["test_accuracy"] is None
     assert recs[1]["test_loss"] > 0 and recs[1]["test_accuracy"] >= 0
     assert "on cifar10: 50 train / 10 validation / 30 test images, 10 classes" in printed
-    assert re.search(r"epoch 1/2  train loss \S+  valid loss \S+  valid accuracy", printed)
+    assert re.search(r"epoch 1/2  lr \S+  train loss \S+  valid loss \S+  valid accuracy", printed)
     assert f"test accuracy {recs[1]['test_accuracy']:6.2%} on the 30 test images, after the last epoch" in printed
     assert "per-class accuracy on the test part:" in printed and "airplane" in printed
     ckpt = checkpoint.read(run)

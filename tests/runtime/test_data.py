@@ -6,7 +6,6 @@ import http.server
 import io
 import os
 import re
-import struct
 import threading
 import zipfile
 from pathlib import Path
@@ -18,18 +17,13 @@ from odc.cli import main
 from odc.errors import OdcError
 from odc.runtime import data
 from odc.runtime.data import as_float, load_dataset, read_idx, stratified_split
+from tests.runtime.files import idx_bytes
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "emnist"
 LENET5 = Path(__file__).resolve().parents[2] / "models" / "lenet5.od"
 IMAGES = "emnist-bymerge-test-images-idx3-ubyte.gz"
 LABELS = "emnist-bymerge-test-labels-idx1-ubyte.gz"
 
-
-@pytest.fixture(autouse=True)
-def no_user_data(tmp_path, monkeypatch):
-    """Keep the user's own $ODC_DATA and cache folder out of every test."""
-    monkeypatch.delenv("ODC_DATA", raising=False)
-    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +39,6 @@ def balanced(shared):
     """emnist("balanced") from the shared folder, which holds only the ByMerge test split."""
     return load_dataset(("emnist", "balanced"), data_dir=shared.parent)
 
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    """An IDX file written from the format description: 0, 0, type 0x08, ndim, big-endian dims, data."""
-    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
 
 
 def write_set(folder: Path, stem: str, x: np.ndarray, y: np.ndarray, compress=True):

@@ -8,6 +8,7 @@ import pytest
 import odc
 from odc.errors import CompileError
 from odc.ir import interp
+from odc.program import mixes_examples
 
 SOURCE = """\
 model Norm(classes = 5):
@@ -91,3 +92,20 @@ def test_a_smaller_forward_batch_runs_in_the_code_of_a_larger_one(tmp_path):
     np.testing.assert_allclose(model.forward(x[:3]), reference.forward(x[:3]), rtol=1e-5, atol=1e-6)
     model.forward(np.concatenate([x, x]))  # a larger batch compiles
     assert len(lines) == compiles + 2
+
+
+@pytest.mark.parametrize("line", ["x = image - mean(image, axis=0)", "x = softmax(flatten(image), axis=0)",
+                                  "x = image * max(image, axis=[0, 3])", "x = image * sum(image, axis=[0, 2])",
+                                  "x = image * sum(image)"])
+def test_a_model_that_mixes_examples_compiles_each_batch_size(tmp_path, line):
+    """Padding would change what such a model computes for the real examples: a smaller batch
+    gets its own code, and the same logits as a model that never saw a larger one."""
+    path = tmp_path / "mix.od"
+    path.write_text(f"model Mix():\n    input image: f32[N, 1, 4, 4]\n    {line}\n    return dense(flatten(x), 3)\n")
+    x = np.random.default_rng(0).random((8, 1, 4, 4), np.float32)
+    model = odc.load(path).compile(seed=1)
+    model.forward(x)
+    fresh = odc.load(path).compile(seed=1)
+    small = model.forward(x[:3])
+    assert mixes_examples(model.program.lower("forward")) is not None
+    np.testing.assert_array_equal(small, fresh.forward(x[:3]))

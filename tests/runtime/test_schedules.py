@@ -4,11 +4,8 @@ puts into a real torch.optim.SGD's param_groups[0], stepped as the usual loop st
 epoch, with the loss for plateau, per optimizer step for onecycle and warmup, with gradient
 accumulation too); short real runs log the same rates in metrics.jsonl and train with them;
 and the front end reports each bad schedule at its place."""
-import json
 import math
-import struct
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +17,7 @@ from odc.runtime.train import compile_and_train
 from odc.schedules import Schedule
 from odc.frontend import parse_source
 from tests.diagnostics import single, where
+from tests.runtime.files import idx_bytes, metrics
 
 PER_STEP = ("onecycle", "warmup")
 
@@ -455,15 +453,6 @@ def test_a_milestone_at_the_last_epoch_never_changes_the_rate_and_is_reported(to
 
 # ---------------------------------------------------------------------------- real runs
 
-def idx_bytes(a: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
-
-
-@pytest.fixture(autouse=True)
-def no_user_data(tmp_path, monkeypatch):
-    """Keep the user's $ODC_DATA and cache folder out of every test."""
-    monkeypatch.delenv("ODC_DATA", raising=False)
-    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
 
 
 TRAIN_IMAGES, TEST_IMAGES = 32, 12
@@ -495,9 +484,6 @@ train Small:
     accumulate = {accumulate}
 """
 
-
-def metrics(run):
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("text, s, lr, epochs, batch, k", [

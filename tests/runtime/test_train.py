@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from odc.ir.ops import log_softmax_ref
 from odc import checkpoint, program
 from odc.runtime.data import as_float, load_dataset, load_sample
 from odc.runtime.train import read_image
+from tests.runtime.files import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -43,31 +43,6 @@ train Tiny:
 """
 
 
-@pytest.fixture(autouse=True)
-def no_user_data(tmp_path, monkeypatch):
-    """Keep the user's $ODC_DATA and cache folder out of every test."""
-    monkeypatch.delenv("ODC_DATA", raising=False)
-    monkeypatch.setenv("ODC_DATA_HOME", str(tmp_path / "cache"))
-
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """An EMNIST Balanced folder in the official layout (images transposed, a mapping file) with
-    10 train and 4 test images per class from the embedded sample: 470 / 188 images."""
-    folder = tmp_path_factory.mktemp("emnist")
-    s = load_sample()
-    for part, x, y, k in (("train", s.train_x, s.train_y, 10), ("test", s.test_x, s.test_y, 4)):
-        pick = np.concatenate([np.flatnonzero(y == c)[:k] for c in range(len(s.classes))])
-        images = x[pick].transpose(0, 2, 1)  # stored transposed, as in the official files
-        (folder / f"emnist-balanced-{part}-images-idx3-ubyte").write_bytes(idx_bytes(images))
-        (folder / f"emnist-balanced-{part}-labels-idx1-ubyte").write_bytes(idx_bytes(y[pick]))
-    mapping = "".join(f"{i} {ord(c)}\n" for i, c in enumerate(s.classes))
-    (folder / "emnist-balanced-mapping.txt").write_text(mapping)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +56,6 @@ def train(model_file, data_dir, out, *flags):
     argv = ["compile-and-train", model_file, "--data", data_dir, "--out", out, *flags]
     return main([str(a) for a in argv])
 
-
-def metrics(run):
-    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")

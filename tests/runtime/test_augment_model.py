@@ -1,0 +1,99 @@
+"""The train block's `augment` and `normalize` through the front end and `Model`: each entry is
+checked at its place against the model's input; a model with either takes uint8 images and
+refuses floats; `forward` applies normalize only (equal to the same network fed the normalized
+floats); `train_step` draws its augmentations from the model's generator, so a seed decides
+them; training on uint8 batches goes through `batch_of`. (The ops, pass and kernels against
+their references: tests/ir/test_augment.py, tests/codegen/test_augment_kernels.py.)"""
+import numpy as np
+import pytest
+
+from odc.errors import CompileError, OdcError
+from odc.frontend import parse_source
+from odc.program import Program
+from odc.runtime.train import batch_of
+from tests.oracle import rel_err
+
+NET = """\
+model C():
+    input image: f32[N, 3, 8, 8]
+    x = relu(batchnorm2d(conv2d(image, out=4, kernel=3, pad=1)))
+    return dense(flatten(x), 10)
+
+train C:
+    data = cifar10()
+    optimizer = sgd(lr=0.1, momentum=0.9)
+{lines}"""
+MEAN, STD = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+LINES = f"    augment = [random_crop(8, pad=2), hflip(), contrast(0.3)]\n    normalize = normalize(mean={MEAN}, std={STD})\n"
+
+
+def program(lines: str) -> Program:
+    module = parse_source(NET.format(lines=lines).replace("data = cifar10()", "data = idx(\"x\")"), "c.od")
+    return Program(module.lower(), module.source)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("lines, needle, message", [
+    ("    augment = [random_crop(40)]\n", "random_crop(40)",
+     "random_crop: a 40x40 crop is larger than the padded image (32x32: 32x32 with pad=0)"),
+    ("    augment = [hflip(), vflip(1.5)]\n", "vflip(1.5)", "vflip: p must be a probability in [0, 1], got 1.5"),
+    ("    augment = [brightnes(0.2)]\n", "brightnes(0.2)", "unknown augmentation 'brightnes'"),
+    ("    augment = hflip()\n", "hflip()", "augment must be a list of augmentations"),
+    ("    augment = [hflip(q=1)]\n", "q=1", "hflip has no argument 'q'"),
+    ("    augment = [random_erasing(scale=[0.5, 0.2])]\n", "random_erasing(",
+     "random_erasing: scale must be a pair [lo, hi] with 0 <= lo <= hi <= 1, got [0.5, 0.2]"),
+    ("    normalize = normalize(mean=[0.5, 0.5, 0.5], std=[0.2, 0.2])\n", "normalize =",
+     "normalize: std has 2 values, the images have 3 channels"),
+    ("    normalize = normalize(mean=0.5, std=[0.2, 0.2, 0.2])\n", "0.5,",
+     "normalize: mean must be a list of numbers, one per channel, got 0.5"),
+])
+def test_bad_entries_are_reported_at_their_place(lines, needle, message):
+    src = NET.replace("f32[N, 3, 8, 8]", "f32[N, 3, 32, 32]").format(lines=lines)
+    with pytest.raises(CompileError) as e:
+        parse_source(src, "c.od")
+    d = next(d for d in e.value.diagnostics if d.message.startswith(message.split(":")[0]))
+    at = src.index(needle, src.index("train C"))
+    assert (d.span.line, d.span.col) == (src.count("\n", 0, at) + 1, at - src.rfind("\n", 0, at))
+    assert d.message.startswith(message)
+
+
+def test_a_model_with_normalize_takes_uint8_and_refuses_floats():
+    model = program(LINES).compile(seed=1)
+    assert model.takes_uint8 and not program("").compile(seed=1).takes_uint8
+    with pytest.raises(OdcError, match="takes uint8 images"):
+        model.forward(images(2).astype(np.float32) / 255)
+    with pytest.raises(OdcError, match="takes uint8 images"):
+        model.train_step(images(2).astype(np.float32), np.arange(2))
+
+
+def test_forward_normalizes_only_and_equals_the_plain_network_on_normalized_floats():
+    with_keys, plain = program(LINES).compile(seed=1), program("").compile(seed=1)
+    for k in plain.params:
+        plain.params[k][...] = with_keys.params[k]
+    for k in plain.state:
+        plain.state[k][...] = np.random.default_rng(2).random(plain.state[k].shape) + 0.5  # running stats
+        with_keys.state[k][...] = plain.state[k]
+    x = images(5)
+    floats = (x.astype(np.float32) / 255 - np.reshape(MEAN, (1, 3, 1, 1))) / np.reshape(STD, (1, 3, 1, 1))
+    assert rel_err(with_keys.forward(x), plain.forward(floats.astype(np.float32))) <= 1e-5
+    assert np.array_equal(with_keys.forward(x), with_keys.forward(x))  # no random draw in forward
+
+
+def test_the_seed_decides_the_augmentations():
+    x, y = images(6, seed=3), np.arange(6)
+    runs = []
+    for seed in (1, 1, 2):
+        model = program(LINES).compile(seed=1)
+        model.rng = np.random.default_rng(seed)  # the stream the draws come from
+        runs.append([model.train_step(x, y) for _ in range(3)])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_batch_of_gives_each_model_what_it_takes():
+    x = images(3)
+    assert batch_of(program(LINES).compile(), x) is x
+    floats = batch_of(program("").compile(), x)
+    assert floats.dtype == np.float32 and np.array_equal(floats, x / np.float32(255))
