@@ -429,8 +429,11 @@ def _bench(a):
         print(f"{batch:>5}  {cold:>10.2f} s  {cached:>6.3f} s  "
               + "  ".join(f"{t[k] * 1e3:8.3f} ms {batch / t[k]:>8,.0f}/s" for k in ("train", "forward")))
     for batch, prof in profiles:
-        total = prof.pop("total")
-        print(f"\nbatch {batch}, training step: {total * 1e3:.3f} ms per call; median per kernel:")
+        share = bench.input_share(prof)
+        total, drawing = prof.pop("total"), prof.pop("drawing")
+        print(f"\nbatch {batch}, training step: {total * 1e3:.3f} ms per call, and {drawing * 1e3:.3f} ms to draw its "
+              f"random inputs; the image input (conversion, augmentation, normalize) takes {share / total:.1%} "
+              f"of the step, drawing included; median per kernel:")
         for name, sec in prof.items():
             if sec >= 0.01 * total:
                 name = name if len(name) <= 40 else name[:39] + "…"  # a fused kernel is named after its ops

@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from odc import checkpoint
+from odc import checkpoint, export
 from odc.errors import CompileError, Diagnostic, OdcError, SourceFile
 from odc.frontend import parse_file, parse_source
 from odc.frontend.recipe import Recipe
@@ -225,6 +225,14 @@ class Model:
                 if prod(shape[a] for a in ops.norm.running(n.op).axes(len(shape))) == 1:
                     return n
         return None
+
+    def export_onnx(self, path, opset: int = export.MIN_OPSET, normalize: bool = False):
+        """Write the inference graph (batch norms on their running statistics, no dropout) to
+        `path` as an ONNX model, atomically, once onnx.checker accepts it; returns the
+        onnx.ModelProto. The file takes what `forward` takes; `normalize=True` makes a model
+        whose recipe normalizes take f32 images in [0, 1] instead of uint8 pixels. See
+        `odc.export` and docs/export.md; needs the onnx package: pip install 'odc[onnx]'."""
+        return export.export_onnx(self, path, opset, normalize)
 
     def save(self, path) -> None:
         prog = self.program

@@ -341,3 +341,10 @@ def test_odc_export_without_onnx_says_how_to_install_it(saved, tmp_path, capsys,
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now fails as if it were not installed
     code, err = run_main(["export", str(saved), "-o", str(tmp_path / "m.onnx")], capsys)
     assert code == 1 and "pip install 'odc[onnx]'" in err and "Traceback" not in err
+
+
+def test_model_export_onnx_writes_what_forward_computes(tmp_path):
+    model = randomized(odc.load(next(p for p in MODELS if p.name == "lenet5.od")).compile())
+    proto = model.export_onnx(tmp_path / "m.onnx")
+    assert proto.opset_import[0].version == MIN_OPSET
+    assert_same_logits(model, tmp_path / "m.onnx")

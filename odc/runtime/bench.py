@@ -46,10 +46,14 @@ def private_cache():
 
 
 def random_batch(prog, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Standard normal inputs and uniform labels."""
+    """Standard normal inputs (uniform uint8 pixels for a model that takes them) and uniform labels."""
     g = prog.graph
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, *g.inputs()[0].type.shape[1:])).astype(np.float32)
+    shape = (batch, *g.inputs()[0].type.shape[1:])
+    if prog.lower("forward").inputs()[0].type.dtype == "u8":  # a recipe with normalize or augment
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+    else:
+        x = rng.standard_normal(shape).astype(np.float32)
     return x, rng.integers(0, g.type(g.output("logits")).shape[1], batch)
 
 
@@ -87,7 +91,8 @@ def kernel_profile(prog, batch: int, reps: int, kind: str = "train",
                    threads: int | None = None) -> dict[str, float]:
     """Median seconds per call of each kernel of the `kind` graph, compiled with timers
     (``ODC_PROFILE=1``) and called `reps` times on its own, most expensive first; the
-    key "total" holds the median time of the whole call."""
+    key "total" holds the median time of the whole call, "drawing" that of drawing the random
+    inputs of a call (`Model.step_inputs`), which the whole call does not include."""
     g = prog.lower(kind, prog.batch_bindings(batch))
     with private_cache(), environment(ODC_PROFILE="1"):
         exe = compile_graph(g, threads=threads)
@@ -114,4 +119,21 @@ def kernel_profile(prog, batch: int, reps: int, kind: str = "train",
         samples.append({k: now[k] - last[k] for k in now})
         last = now
     med = {k: statistics.median(s[k] for s in samples) for k in last}
-    return {"total": statistics.median(total), **dict(sorted(med.items(), key=lambda kv: -kv[1]))}
+    drawing = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        model.step_inputs(g, {})
+        drawing.append(time.perf_counter() - t)
+    return {"total": statistics.median(total), "drawing": statistics.median(drawing),
+            **dict(sorted(med.items(), key=lambda kv: -kv[1]))}
+
+
+INPUT_OPS = ("from_u8", "warp", "per_channel")  # the image's conversion, augmentation, normalisation
+
+
+def input_share(profile: dict[str, float]) -> float:
+    """Seconds of a kernel profile spent on the image input: kernels that start from an op of
+    INPUT_OPS (with what is fused after it: augmentation, normalize), plus drawing the step's
+    random inputs (dropout masks, augmentation parameters)."""
+    return profile["drawing"] + sum(sec for name, sec in profile.items()
+                                    if name.split(".")[1:2] and name.split(".")[1] in INPUT_OPS)
