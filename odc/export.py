@@ -172,7 +172,8 @@ def describe(g: Graph, recipe: dict) -> str:
              else "images scaled to [0, 1]")
     if normalises(g):
         spec = recipe["normalize"]
-        takes += f" and normalises per channel with mean {spec['mean']} and std {spec['std']}"
+        takes += (" and" if image.type.dtype == "u8" else ", which it") + (
+            f" normalises per channel with mean {spec['mean']} and std {spec['std']}")
     return f"input {image.name}: {image.type}, {takes}; output logits: {g.type(g.output('logits'))}"
 
 

@@ -235,7 +235,7 @@ def test_a_recipe_that_normalizes_gives_a_model_of_uint8_pixels(tmp_path):
     assert pixels.doc_string == ("input image: u8[N, 4, 11, 10], pixels from 0 to 255, which it scales to [0, 1] "
                                  "and normalises per channel with mean [0.49, 0.48, 0.45, 0.5] and std "
                                  "[0.25, 0.24, 0.26, 0.3]; output logits: f32[N, 5]")
-    assert scaled.doc_string.startswith("input image: f32[N, 4, 11, 10], images scaled to [0, 1] and normalises")
+    assert scaled.doc_string.startswith("input image: f32[N, 4, 11, 10], images scaled to [0, 1], which it normalises")
 
 
 def test_normalize_without_a_normalize_step_is_an_error(tmp_path):
