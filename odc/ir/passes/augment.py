@@ -1,6 +1,7 @@
 """Augmentation: the train block's `augment` and `normalize` built into the graph.
 
-With neither in the recipe the graph is left as it is. With either, the image input (the
+With neither in the recipe, or with an image input that is uint8 already (the pass, or its
+evaluation form, has run), the graph is left as it is. With either, the image input (the
 graph's first, f32[N, C, H, W]) becomes a u8 input of the same name and shape, the pixels as
 stored (the runtime keeps images as uint8), and its users read instead:
 
@@ -54,8 +55,13 @@ def run_eval(g: Graph, normalize: dict | None = None) -> Graph:
                   recipe.get("augment", []), training=False)
 
 
+def done(g: Graph) -> bool:
+    """Whether the image input is converted in the graph already (by this pass, or its other form)."""
+    return bool(g.inputs()) and g.inputs()[0].type.dtype == "u8"
+
+
 def _build(g: Graph, normalize: dict | None, augment: list, training: bool) -> Graph:
-    if not normalize and not augment:
+    if (not normalize and not augment) or done(g):
         return g
     g = g.copy()
     image = g.inputs()[0]
