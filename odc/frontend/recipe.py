@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from odc.errors import Diagnostic, OdcError, Span
 from odc.frontend import ast
 from odc.frontend.lower import Fail, as_call, bind, did_you_mean, is_number, literal, od_text
-from odc.ir.ops.augment import AUGMENTATIONS, augment_problem, normalize_problem
+from odc.ir.ops.augment import AUGMENTATIONS, augment_problem, list_problem, normalize_problem
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import BOOLEAN, DEFAULT, OPTIMIZERS, hyper_parameters, invalid
 from odc import datasets, schedules
@@ -76,7 +76,9 @@ class Recipe:
         found = [Diagnostic(p, span) for entry, span in zip(self.augment or [], self.augment_spans)
                  if (p := augment_problem(entry, image))]
         problem = self.normalize and normalize_problem(self.normalize, image[0])
-        return found + ([Diagnostic(problem, self.spans["normalize"])] if problem else [])
+        found += [Diagnostic(problem, self.spans["normalize"])] if problem else []
+        problem = self.augment and list_problem(self.augment, self.loss)
+        return found + ([Diagnostic(problem, self.spans["augment"])] if problem else [])
 
     @property
     def data_text(self) -> str | None:

@@ -369,11 +369,12 @@ def test_options_override_the_recipe():
     (entry("random_erasing", scale=[0.1, 1.5]), "scale must be a pair"),
     ({"name": "hflip", "q": 1}, "hflip has no argument 'q'"),
     ({"name": "sharpen"}, "unknown augmentation 'sharpen'"),
-    (entry("mixup", alpha=0.2), "mixup is not supported yet"),
+    (entry("mixup", alpha=0), "mixup: alpha must be a number > 0"),
+    (entry("cutmix", alpha=-1), "cutmix: alpha must be a number > 0"),
 ])
 def test_augment_problems(a, words):
     assert words in augment_problem(a, SHAPE)
-    with pytest.raises(OdcError, match="augment|random_crop|p must|degrees|fraction|f must|std|scale|argument|mixup"):
+    with pytest.raises(OdcError, match="augment|random_crop|p must|degrees|fraction|f must|std|scale|argument|alpha"):
         passes.run_passes(program().graph, ["augment"], {"augment": {"augment": [a]}})
 
 
@@ -386,7 +387,7 @@ def test_channels_of_colour_adjustments():
 def test_valid_entries_have_no_problem(name):
     args = {"size": [9, 11], "p": 0.5, "degrees": 10, "fraction": 0.1, "f": 0.3, "std": 0.1, "alpha": 0.2}
     a = entry(name, **{k: v for k, v in args.items() if k in AUGMENTATIONS[name] and AUGMENTATIONS[name][k] is None})
-    assert (augment_problem(a, SHAPE) is None) == (name not in ("mixup", "cutmix"))
+    assert augment_problem(a, SHAPE) is None
 
 
 @pytest.mark.parametrize("spec, words", [

@@ -9,6 +9,8 @@ import pytest
 
 from odc.errors import CompileError, OdcError
 from odc.frontend import parse_source
+from odc.ir import interp
+from odc.ir.ops import augment
 from odc.program import Program
 from odc.runtime.train import batch_of
 from tests.oracle import rel_err
@@ -49,6 +51,11 @@ def images(n: int, seed: int = 0) -> np.ndarray:
      "normalize: std has 2 values, the images have 3 channels"),
     ("    normalize = normalize(mean=0.5, std=[0.2, 0.2, 0.2])\n", "0.5,",
      "normalize: mean must be a list of numbers, one per channel, got 0.5"),
+    ("    augment = [mixup(0.2), cutmix(1)]\n", "augment =",
+     "cutmix: the list already mixes images (mixup); use one of mixup and cutmix"),
+    ("    augment = [cutmix(1)]\n    loss = mse\n", "augment =",
+     "cutmix mixes the labels, which needs the loss cross_entropy, not mse"),
+    ("    augment = [mixup(0)]\n", "mixup(0)", "mixup: alpha must be a number > 0, got 0"),
 ])
 def test_bad_entries_are_reported_at_their_place(lines, needle, message):
     src = NET.replace("f32[N, 3, 8, 8]", "f32[N, 3, 32, 32]").format(lines=lines)
@@ -97,3 +104,47 @@ def test_batch_of_gives_each_model_what_it_takes():
     assert batch_of(program(LINES).compile(), x) is x
     floats = batch_of(program("").compile(), x)
     assert floats.dtype == np.float32 and np.array_equal(floats, x / np.float32(255))
+
+
+@pytest.mark.parametrize("mix", ["mixup(0.4)", "cutmix(1.0)"])
+@pytest.mark.parametrize("executor", ["compiled", "interpreter"])
+def test_mixup_and_cutmix_train_as_pytorch_on_torchvisions_mixed_batch(torch, mix, executor):
+    """One train step against PyTorch: the batch mixed with itself rolled by one (as
+    torchvision.transforms.v2's MixUp and CutMix, with the weight odc drew: lam, or the box),
+    normalised, soft targets lam one_hot(y) + (1 - lam) one_hot(y rolled), label smoothing 0.1,
+    batch norm in training mode, SGD with momentum."""
+    F = torch.nn.functional
+    lines = f"    augment = [hflip(0), {mix}]\n    normalize = normalize(mean={MEAN}, std={STD})\n" \
+            "    loss = cross_entropy(label_smoothing=0.1)\n"
+    model = program(lines).compile(executor=None if executor == "compiled" else interp.compile_graph, seed=1)
+    x, y = images(6, seed=4), np.array([0, 3, 3, 7, 9, 1])
+    p = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+    replay = np.random.default_rng()
+    replay.bit_generator.state = model.rng.bit_generator.state
+    loss = model.train_step(x, y)
+    drawn = augment.draw_inputs(model.program.lower("train"), {"N": 6}, replay)
+    w = torch.tensor(next(v for k, v in drawn.items() if k.endswith(".weight")), dtype=torch.float32)
+    assert 0 < float(w.mean()) < 1
+    xs = (torch.tensor(x, dtype=torch.float32) / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    mixed = w * xs + (1 - w) * xs.roll(1, 0)
+    hot = F.one_hot(torch.tensor(y), 10).float()
+    target = w.mean() * hot + (1 - w.mean()) * hot.roll(1, 0)
+    h = F.relu(F.batch_norm(F.conv2d(mixed.float(), p["conv2d1.weight"], p["conv2d1.bias"], padding=1), None, None,
+                            p["batchnorm2d1.weight"], p["batchnorm2d1.bias"], training=True))
+    expected = F.cross_entropy(F.linear(h.flatten(1), p["dense1.weight"], p["dense1.bias"]), target, label_smoothing=0.1)
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for k, t in p.items():  # the first step of momentum SGD: p - lr * grad
+        assert rel_err(model.params[k], (t - 0.1 * t.grad).detach().numpy()) <= 1e-4, k
+
+
+def test_cutmix_pastes_one_box_whose_area_sets_lam():
+    rng = np.random.default_rng(0)
+    areas = []
+    for _ in range(200):
+        mask = augment._cutmix({"alpha": 1.0}, (1, 1, 8, 10), rng)[0, 0]
+        rows, cols = np.flatnonzero((mask == 0).any(1)), np.flatnonzero((mask == 0).any(0))
+        if len(rows):  # the zeros form one full rectangle
+            assert (mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] == 0).all() and (mask == 0).sum() == len(rows) * len(cols)
+        areas.append(1 - mask.mean())
+    assert 0.1 < np.mean(areas) < 0.5 and max(areas) <= 1  # lam ~ Beta(1, 1): boxes of every size

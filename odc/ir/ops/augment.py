@@ -50,7 +50,7 @@ AUGMENTATIONS = {
     "cutmix": {"alpha": None},
 }
 GEOMETRIC = ("random_crop", "hflip", "vflip", "rotate", "translate")  # warps, by a matrix input each
-NOT_COMPILED = ("mixup", "cutmix")  # they change the loss (soft targets): not built yet
+MIXING = ("mixup", "cutmix")  # they mix each image with the one before it, and the labels too
 ERASING_RATIO = (0.3, 3.3)  # torchvision's RandomErasing default aspect ratios
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -99,8 +99,8 @@ def augment_problem(entry: dict, image: tuple[int, int, int]) -> str | None:
         if size != (h, w):
             return (f"random_crop: a {size[0]}x{size[1]} crop does not fit the model, which takes "
                     f"{h}x{w} images; use size={h if h == w else [h, w]} (with pad= for a random shift)")
-    if name in NOT_COMPILED:
-        return f"{name} is not supported yet (it needs soft targets in the loss)"
+    if name in MIXING and not (_number(a["alpha"]) and a["alpha"] > 0):
+        return f"{name}: alpha must be a number > 0, got {a['alpha']!r}"
     if name in ("hflip", "vflip", "random_erasing") and not (_number(a["p"]) and 0 <= a["p"] <= 1):
         return f"{name}: p must be a probability in [0, 1], got {a['p']!r}"
     for arg, what in (("degrees", "an angle >= 0"), ("f", "a number >= 0"), ("std", "a number >= 0")):
@@ -115,6 +115,17 @@ def augment_problem(entry: dict, image: tuple[int, int, int]) -> str | None:
         if not (isinstance(s, (list, tuple)) and len(s) == 2 and all(_number(v) for v in s)
                 and 0 <= s[0] <= s[1] <= 1):
             return f"random_erasing: scale must be a pair [lo, hi] with 0 <= lo <= hi <= 1, got {s!r}"
+    return None
+
+
+def list_problem(augment: list[dict], loss: str = "cross_entropy") -> str | None:
+    """What is wrong with the list as a whole: more than one of mixup and cutmix (each mixes the
+    labels), or one with a loss other than cross_entropy (the mixed labels are soft targets)."""
+    mixing = [a["name"] for a in augment if a.get("name") in MIXING]
+    if len(mixing) > 1:
+        return f"{mixing[1]}: the list already mixes images ({mixing[0]}); use one of mixup and cutmix"
+    if mixing and loss != "cross_entropy":
+        return f"{mixing[0]} mixes the labels, which needs the loss cross_entropy, not {loss}"
     return None
 
 
@@ -219,9 +230,35 @@ def _erasing(a, shape, rng):
     return mask
 
 
+def _mixup(a, shape, rng):
+    """MixUp's weight of each image itself: one lam ~ Beta(alpha, alpha) for the batch."""
+    return np.full(shape, rng.beta(a["alpha"], a["alpha"]))
+
+
+def _cutmix(a, shape, rng):
+    """CutMix's weight of each image itself, one [1, 1, H, W] mask for the batch, as
+    torchvision.transforms.v2.CutMix draws it: lam ~ Beta(alpha, alpha), a centre (r_x, r_y)
+    uniform over the pixels, half-sides int(W * r) and int(H * r) with r = sqrt(1 - lam) / 2, the
+    box clipped to the image; 0 in the box (the other image's pixels), 1 outside. The mask's mean
+    is torchvision's corrected lam, 1 - box area / (H W)."""
+    h, w = shape[2:]
+    lam = rng.beta(a["alpha"], a["alpha"])
+    r_x, r_y = rng.integers(w), rng.integers(h)
+    r = 0.5 * np.sqrt(1.0 - lam)
+    half_w, half_h = int(r * w), int(r * h)
+    mask = np.ones(shape)
+    mask[..., max(r_y - half_h, 0):min(r_y + half_h, h), max(r_x - half_w, 0):min(r_x + half_w, w)] = 0
+    return mask
+
+
+def _roll(a, shape, rng):
+    """The permutation matrix P of `batch.roll(1, 0)`: (P @ x)[i] = x[i - 1]; nothing is drawn."""
+    return np.roll(np.eye(shape[0]), 1, axis=0)
+
+
 _DRAW = {"random_crop": _crop, "hflip": _flip(0), "vflip": _flip(1), "rotate": _rotate,
          "translate": _translate, "brightness": _factor, "contrast": _factor, "saturation": _factor,
-         "gaussian_noise": _noise, "random_erasing": _erasing}
+         "gaussian_noise": _noise, "random_erasing": _erasing, "mixup": _mixup, "cutmix": _cutmix, "roll": _roll}
 
 
 # -- the ops -----------------------------------------------------------------------------------

@@ -13,7 +13,11 @@ stored (the runtime keeps images as uint8), and its users read instead:
    one channel); saturation `clip(x * f + grey * (1 - f), 0, 1)` (nothing for one channel),
    f an f32[N, 1, 1, 1] input and grey = 0.2989 r + 0.587 g + 0.114 b as torchvision's
    `adjust_*`; gaussian_noise `clip(x + noise, 0, 1)` with an f32[N, C, H, W] input;
-   random_erasing `x * mask` with an f32[N, 1, H, W] input. The conversion to [0, 1] (`/255`)
+   random_erasing `x * mask` with an f32[N, 1, H, W] input; mixup and cutmix (torchvision v2's,
+   on the batch: each image mixed with the one before it, the first with the last) `w * x +
+   (1 - w) * P x` with a weight input w (mixup: f32[1, 1, 1, 1] holding lam ~ Beta(alpha, alpha);
+   cutmix: an f32[1, 1, H, W] mask, 0 in the pasted box) and the permutation matrix P of the
+   roll, an f32[N, N] input `<name>.roll`; autodiff weights the labels with mean(w). The conversion to [0, 1] (`/255`)
    is the first warp when the list starts with one, else an elementwise `from_u8`.
 2. normalize, `(x - mean) / std` per channel (constants `per_channel`), last.
 The evaluation form (the `normalize` pass, in the forward pipeline) converts and normalizes only.
@@ -30,7 +34,7 @@ from __future__ import annotations
 from odc.errors import OdcError
 from odc.ir.graph import Graph, TensorType
 from odc.ir.ops import Emit
-from odc.ir.ops.augment import GEOMETRIC, GRAY, augment_problem, normalize_problem
+from odc.ir.ops.augment import GEOMETRIC, GRAY, MIXING, augment_problem, list_problem, normalize_problem
 
 name = "augment"
 summary = "the image input becomes uint8; the train block's augmentations and normalize follow it"
@@ -71,7 +75,8 @@ def _build(g: Graph, normalize: dict | None, augment: list, training: bool) -> G
                        f"input '{image.name}' is {t}")
     c, h, w = t.shape[1:]
     for problem in ([augment_problem(a, (c, h, w)) for a in augment]
-                    + [normalize_problem(normalize, c) if normalize else None]):
+                    + [normalize_problem(normalize, c) if normalize else None,
+                       list_problem(augment, (g.meta.get("recipe") or {}).get("loss", "cross_entropy"))]):
         if problem:
             raise OdcError(problem)
     users = g.users(image.id)
@@ -95,7 +100,10 @@ def _build(g: Graph, normalize: dict | None, augment: list, training: bool) -> G
             x = e("warp", x, *maps)
             continue
         a = todo.pop(0)
-        x = _photometric(e, _as_float(e, x), a, param, t.shape)
+        if a["name"] in MIXING:
+            x = _mix(g, e, _as_float(e, x), param(a, (1, 1, 1, 1) if a["name"] == "mixup" else (1, 1, h, w), "weight"))
+        else:
+            x = _photometric(e, _as_float(e, x), a, param, t.shape)
     x = _as_float(e, x)
     if normalize:
         x = e("div", e("sub", x, e("per_channel", values=[float(v) for v in normalize["mean"]])),
@@ -104,6 +112,25 @@ def _build(g: Graph, normalize: dict | None, augment: list, training: bool) -> G
         g.set_args(u, (x if v == image.id else v for v in g.node(u).args))
     g.outputs = [(n, x if v == image.id else v) for n, v in g.outputs]
     return g
+
+
+def _mix(g: Graph, e: Emit, x: int, weight: int) -> int:
+    """weight * x + (1 - weight) * the batch rolled by one (the image before, the first takes the
+    last), the roll as a product with a permutation-matrix input `<mixing>.roll` (exact: one term
+    per element is not 0). The weight input also weights the labels (autodiff)."""
+    n, c, h, w = e.shape(x)
+    name = g.node(weight).name.rsplit(".", 1)[0]
+    roll = g.add("input", attrs={"augment": "roll"}, type=TensorType("f32", (n, n)), span=g.node(weight).span,
+                 name=f"{name}.roll")
+    partner = e("reshape", e("matmul", roll, e("reshape", x, shape=[n, c * h * w])), shape=[n, c, h, w])
+    return e("add", e("mul", x, weight), e("mul", partner, e("sub", e.const(1, "f32"), weight)))
+
+
+def mixing(g: Graph) -> tuple[int, int] | None:
+    """The weight and roll inputs of the graph's mixup or cutmix, if it has one."""
+    found = {m.attrs["augment"]: m.id for m in g.inputs() if m.attrs.get("augment") in (*MIXING, "roll")}
+    weight = next((found[k] for k in MIXING if k in found), None)
+    return None if weight is None else (weight, found["roll"])
 
 
 def _as_float(e: Emit, x: int) -> int:

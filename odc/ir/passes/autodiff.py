@@ -7,7 +7,11 @@ The graph must be in training form (the train-mode pass: dropout masks, running 
    a stable log-sum-exp; with label smoothing eps, as PyTorch's, (1 - eps) times that plus eps
    times the mean of -log_softmax(logits) over the batch and the classes), `nll` (the model
    returns log-probabilities: the batch mean of -logits[label], through a one-hot mask) or
-   `mse(logits, one_hot(label))`. With ``target="float"`` mse compares
+   `mse(logits, one_hot(label))`. With a mixup or cutmix of the augment pass (its weight input
+   w, [1, 1, 1, 1] or [1, 1, H, W], and its roll matrix P), cross_entropy takes soft targets, as
+   torchvision's MixUp/CutMix make them: lam = mean(w), target = lam one_hot(label) + (1 - lam)
+   P one_hot(label), smoothed as PyTorch smooths a soft target, loss = the batch mean of
+   -sum(target * log_softmax(logits)). With ``target="float"`` mse compares
    with a float `input %target` of the logits' type instead. The front end reserves both names
    (`RESERVED`), and checks that the logits are floats [batch, classes].
 2. Reverse mode: the gradient of the loss is 1; the nodes are visited in reverse topological
@@ -29,6 +33,7 @@ from odc.ir import ops
 from odc.ir.ops import Emit, gradient
 from odc.ir.graph import ARG_OPS, Graph, TensorType
 from odc.ir.passes import dce
+from odc.ir.passes.augment import mixing
 
 name = "autodiff"
 summary = "add the label input, the loss and the reverse-mode gradient of every parameter"
@@ -68,12 +73,23 @@ def run(g: Graph, loss: str | None = None, target: str = "label", label_smoothin
         y = g.add("input", type=TensorType("i32", lt.shape[:1]), name="label")
         if loss == "mse":
             y = e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)
-    if loss == "nll":  # the logits are log-probabilities: the batch mean of -logits[label]
+    mixed = mixing(g)
+    if mixed and loss != "cross_entropy":
+        raise OdcError(f"mixup and cutmix mix the labels, which needs the loss cross_entropy, not {loss}")
+    if mixed:  # soft targets: lam one_hot(label) + (1 - lam) one_hot(label of the image before)
+        weight, roll = mixed
+        lam = e("mean", weight)
+        hot = e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)
+        soft = e("add", e("mul", hot, lam), e("mul", e("matmul", roll, hot), e("sub", e.const(1, lt.dtype), lam)))
+        if eps:  # PyTorch's label smoothing of a soft target: (1 - eps) target + eps / classes
+            soft = e("add", e("mul", soft, e.const(1 - eps, lt.dtype)), e.const(eps / lt.shape[1], lt.dtype))
+        value = e("neg", e("mean", e("sum", e("mul", soft, e("log_softmax", logits, axis=-1)), axis=1)))
+    elif loss == "nll":  # the logits are log-probabilities: the batch mean of -logits[label]
         picked = e("sum", e("mul", logits, e("one_hot", y, classes=lt.shape[1], dtype=lt.dtype)), axis=1)
         value = e("neg", e("mean", picked))
     else:
         value = e(loss, logits, y)
-    if loss == "cross_entropy" and eps:  # PyTorch's: (1 - eps) CE + eps * mean over classes of -log p
+    if loss == "cross_entropy" and eps and not mixed:  # PyTorch's: (1 - eps) CE + eps * mean over classes of -log p
         uniform = e("neg", e("mean", e("log_softmax", logits, axis=-1)))
         value = e("add", e("mul", value, e.const(1 - eps, lt.dtype)), e("mul", uniform, e.const(eps, lt.dtype)))
     grads = backprop(g, value, [p.id for p in g.params()])
