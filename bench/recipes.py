@@ -9,11 +9,12 @@ in PyTorch's usual eager loop (`torch.nn`, `torch.optim`, `torch.optim.lr_schedu
   nll of log_softmax outputs, Adadelta(lr=1.0), StepLR(step_size=1, gamma=0.7), batch 64, on
   EMNIST (when the folder holds only ByMerge's test split, odc cuts it into training and test
   parts per class, and both sides use those parts), images in [0, 1] (neither side normalises).
-- `cifar_cnn` (models/cifar_cnn.od): CIFAR-10 with a validation part held out as odc holds it
-  out (10% of each class, seed 0); random 32x32 crops of the 4-pixel zero-padded image and
-  horizontal flips (torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip, written
-  here in numpy), per-channel normalisation, SGD with Nesterov momentum and weight decay,
-  CosineAnnealingLR over the run, batch 128.
+- `cifar_cnn` (models/cifar_cnn.od) and `resnet20` (models/resnet20.od), their networks as the
+  twins of tests/test_zoo.py: CIFAR-10 with a validation part held out as odc holds it out (10%
+  of each class, seed 0); random 32x32 crops of the 4-pixel zero-padded image and horizontal
+  flips (torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip, written here in
+  numpy), per-channel normalisation, SGD with momentum (Nesterov for cifar_cnn) and weight
+  decay, CosineAnnealingLR over the run, batch 128.
 Each side draws its own initial weights, dropout masks, augmentations and batch order. Prints,
 per epoch, the rate, accuracy on the evaluated part, mean training loss and seconds of each.
 """
@@ -49,14 +50,12 @@ def mnist_net(torch, classes: int):
     return Net()
 
 
-def cifar_net(torch, classes: int):
-    nn = torch.nn
-
-    def conv_bn(i, o):
-        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-    return nn.Sequential(*conv_bn(3, 32), *conv_bn(32, 32), nn.MaxPool2d(2), *conv_bn(32, 64), *conv_bn(64, 64),
-                         nn.MaxPool2d(2), *conv_bn(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(128, classes))
+def zoo_net(name: str):
+    """The PyTorch twin of a CIFAR-10 model of the zoo (tests/test_zoo.py)."""
+    def make(torch, classes: int):
+        from tests.test_zoo import twins
+        return twins(torch)[name][0]()
+    return make
 
 
 MEAN, STD = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2470, 0.2435, 0.2616])
@@ -78,10 +77,14 @@ RECIPES = {  # name: (model file, network, loss, optimizer, schedule, batch, aug
                       lambda t, ps, epochs: t.optim.Adadelta(ps, lr=1.0),
                       lambda t, opt, epochs: t.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7),
                       64, None, False),
-    "cifar_cnn": ("cifar_cnn.od", cifar_net, "cross_entropy",
+    "cifar_cnn": ("cifar_cnn.od", zoo_net("cifar_cnn.od"), "cross_entropy",
                   lambda t, ps, epochs: t.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
                   lambda t, opt, epochs: t.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
                   128, crop_and_flip, True),
+    "resnet20": ("resnet20.od", zoo_net("resnet20.od"), "cross_entropy",
+                 lambda t, ps, epochs: t.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
+                 lambda t, opt, epochs: t.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+                 128, crop_and_flip, True),
 }
 
 
