@@ -2,25 +2,30 @@
 per-axis stride, asymmetric padding (top, bottom, left, right), dilation and groups (the
 attributes are read through `odc.ir.ops.conv.Geometry`).
 
-The forward pass is a direct convolution ("implicit GEMM"): for each output row, a register
-tile of MR output channels × NV vectors of output columns accumulates, over (input channel,
-kh, kw), a broadcast weight times a vector of input pixels — read straight from the image,
-so there is no im2col matrix. Padding comes from a zero-bordered copy of the image in this
-thread's scratch memory (skipped when the padding is 0). A column stride above 1 reads the
-input pixels of a vector with a gather; a dilation only changes the steps of the kh and kw
-loops. With groups, the same kernel runs once per group (a loop) on that group's input
-channels, weight rows and output channels, and the padded copy is made a group at a time (so
-it stays in the L1 cache; its border is zeroed once per call). Where each output channel
-reads one input channel (depthwise, with or without a channel multiplier) `plane_conv` takes
-over: a tile of output rows of one channel that loads each input vector once for all the
-kernel rows that read it, with the kh*kw weights broadcast once per channel, and a column
-stride read as contiguous vectors and one shuffle instead of a gather.
+The forward pass is a direct convolution ("implicit GEMM") over the output pixels of an image
+taken as one flat axis p = i*wo + j. The image is first copied into kw *shifted planes*, one
+per kernel column b, each as wide as the output: plane_b[c, y, j] = x[c, y - top, j*sw + b*dw -
+left], zero where that falls into the padding (the zeros are written once per call: every image
+fills the same positions). In them every tap (c, a, b) reads the pixels p of a tile at one
+constant offset, so a register tile of MR output channels × NV vectors of consecutive pixels
+(crossing output rows where the image is narrower than a vector: an 8x8 image fills whole
+16-float vectors) accumulates broadcast weights times contiguous vector loads, whatever the
+padding or the column stride (strided columns are gathered once, while copying, by contiguous
+loads and a shuffle). For a row stride sh > 1 each plane keeps its rows grouped by y % sh, so
+that kernel row a reads consecutive rows again (at phase a*dh % sh). The copy is kw times the
+image, read by MR output channels per load, so it costs a few percent of the multiply-adds.
+With groups, the same kernel runs once per group (a loop) on that group's input channels,
+weight rows and output channels. Where each output channel reads one input channel
+(depthwise, with or without a channel multiplier) `plane_conv` takes over, on a zero-bordered
+copy of one channel: a tile of output rows of one channel that loads each input vector once
+for all the kernel rows that read it, with the kh*kw weights broadcast once per channel, and a
+column stride read as contiguous vectors and one shuffle instead of a gather.
 
-The gradient with respect to the input is the same kernel run on the output gradient, which
-is first spread into a zero-filled scratch image (dilated by the stride and bordered by
-dilation*(kernel-1) - pad at the top and left), with the weight read flipped and with its two
-channel axes exchanged, group by group — an address pattern, not a copy (`plane_conv` for a
-depthwise convolution without multiplier).
+The gradient with respect to the input is the same kernel run on the output gradient spread
+by the stride (the shifted planes are filled from it directly: dy[o, i, j] lands at row
+top' + i*sh, column left' + j*sw, with top' = dilation*(kernel-1) - pad), with the weight read
+flipped and with its two channel axes exchanged, group by group — an address pattern, not a
+copy (`plane_conv` on a spread, bordered copy for a depthwise convolution without multiplier).
 
 The gradient with respect to the weight is a sum over images and output pixels of
 ``dy[n, o, i, j] * x[n, c, i*sh + a*dh - top, j*sw + b*dw - left]``: for a block of MR
@@ -42,19 +47,6 @@ from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
 
 CHUNK_BYTES = 256 * 1024  # the weight gradient walks the batch in chunks of about this much data
-
-
-def strided_b(kb: KernelBuilder, ptr, stride: int, lanes_last: int, nv: int):
-    """A `b_load` reading every `stride`-th element (lanes past `lanes_last` of the last
-    vector are zero and not read)."""
-    def load(v, off):
-        lanes = lanes_last if v == nv - 1 else VW
-        acc = ir.Constant(vec(VW), None)
-        for lane in range(lanes):
-            x = kb.load(ptr, kb.add(off, (v * VW + lane) * stride))
-            acc = kb.b.insert_element(acc, x, ir.Constant(I32, lane))
-        return acc
-    return load
 
 
 def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, step=(1, 1),
@@ -81,62 +73,89 @@ def zero_fill(kb: KernelBuilder, dst, count: int) -> None:
         kb.store(kb.const(0.0), dst, t)
 
 
-def conv_tile(m: int, ho: int, wo: int) -> tuple[int, int, int]:
-    """(output channels, output rows, vectors per row) of a register tile: as many
-    accumulators as fit (`ACCUMULATORS`) after discounting the waste of partial tiles, then
+def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top, left,
+                 stride=(1, 1), dilation_w=1, spread=(1, 1)) -> None:
+    """The planes that `conv_flat` reads, one per kernel column b, `wo` wide:
+    dst[b, c, y % sh, y // sh, j] = src[c, (y - top) / th, (j*sw + b*dw - left) / tw] for
+    y < rows (a multiple of sh), j < wo, where both divisions are exact and land inside src.
+    (sh, sw) = `stride`, dw = `dilation_w`, (th, tw) = `spread` (the output gradient spread by
+    the stride, for the input gradient). Other positions are not written: the caller zeroes
+    dst once, and every image writes the same positions."""
+    (sh, sw), (th, tw) = stride, spread
+    plane, hq = rows * wo, rows // sh
+    i_lo, i_hi = max(0, -(top // th)), min(h, (rows - 1 - top) // th + 1)  # rows of src used
+    runs = []  # per b: (first j, first source column, j step, source step, count)
+    for b in range(kw):
+        pairs = [(j, (j * sw + b * dilation_w - left) // tw) for j in range(wo)
+                 if (j * sw + b * dilation_w - left) % tw == 0 and 0 <= (j * sw + b * dilation_w - left) // tw < w]
+        if pairs:
+            steps = (pairs[1][0] - pairs[0][0], pairs[1][1] - pairs[0][1]) if len(pairs) > 1 else (1, 1)
+            runs.append((b, *pairs[0], *steps, len(pairs)))
+    if i_lo >= i_hi or not runs:
+        return
+    with kb.loop(0, channels) as c, kb.loop(i_lo, i_hi) as i:
+        y = kb.add(top, kb.mul(i, th))
+        if sh > 1:  # the rows of one phase y % sh are consecutive
+            y = kb.add(kb.mul(kb.b.srem(y, kb.i64(sh)), hq), kb.b.sdiv(y, kb.i64(sh)))
+        s_row = kb.gep(src, kb.add(kb.mul(c, h * w), kb.mul(i, w)))
+        d_row = kb.add(kb.mul(c, plane), kb.mul(y, wo))
+        for b, j0, s0, dj, ds, count in runs:
+            d = kb.add(d_row, b * channels * plane + j0)
+            if dj == 1:  # contiguous stores of (strided) loads
+                for k in range(0, count, VW):
+                    lanes = min(VW, count - k)
+                    kb.vstore(strided_vector(kb, s_row, s0 + k * ds, ds, lanes), dst, kb.add(d, k),
+                              mask=kb.tail_mask(lanes))
+            else:
+                with kb.loop(0, count) as k:
+                    kb.store(kb.load(s_row, kb.add(s0, kb.mul(k, ds))), dst, kb.add(d, kb.mul(k, dj)))
+
+
+def conv_tile(m: int, n: int) -> tuple[int, int]:
+    """(channels, vectors of pixels) of a register tile over m channels and n pixels: as many
+    accumulators as fit (`ACCUMULATORS`) after discounting the channels of partial tiles, then
     the fewest loads per FMA."""
-    nv = 1 if wo <= VW else 2
     best = None
-    for mr in range(1, min(m, ACCUMULATORS) + 1):
-        for rows in range(1, min(ho, ACCUMULATORS // (mr * nv)) + 1):
-            useful = m * ho / (-(-m // mr) * mr * -(-ho // rows) * rows)
-            score = (mr * rows * nv * useful, -(mr + rows * nv) / (mr * rows * nv))
+    for nv in range(1, min(4, -(-n // VW)) + 1):
+        for mr in range(1, min(m, ACCUMULATORS // nv) + 1):
+            useful = m / (-(-m // mr) * mr)
+            score = (mr * nv * useful, -(mr + nv) / (mr * nv))
             if best is None or score > best[0]:
-                best = (score, (mr, rows, nv))
+                best = (score, (mr, nv))
     return best[1]
 
 
-def conv_image(kb: KernelBuilder, src, cin, hs, ws, stride, weight_row, w_steps, m, kh, kw,
-               dst, ho, wo, bias=None, dilation=(1, 1)) -> None:
-    """dst[o, i, j] = Σ_{c, a, b} weight(o; c, a, b) * src[c, i*sh + a*dh, j*sw + b*dw]
-    (+ bias[o]) for one image, `stride` = (sh, sw), `dilation` = (dh, dw); `weight_row(o)`
-    points at weight(o; 0, 0, 0) and `w_steps` are the weight's element steps along c, a, b.
-    A register tile covers `mr` channels × `rows` output rows × `nv` vectors of columns."""
-    (sh, sw), (dh, dw) = stride, dilation
-    mr, rows, nv_max = conv_tile(m, ho, wo)
-    loops = [(cin, w_steps[0], hs * ws), (kh, w_steps[1], dh * ws), (kw, w_steps[2], dw)]
+def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row, w_steps, m, kh, kw,
+              dst, ho, wo, bias=None) -> None:
+    """dst[o, p] = Σ_{c, a, b} weight(o; c, a, b) * planes[b, c, a*dh % sh, i + a*dh // sh, j]
+    (+ bias[o]) for the pixels p = i*wo + j of one image, over `shifted_copy`'s planes;
+    `weight_row(o)` points at weight(o; 0, 0, 0) and `w_steps` are the weight's element steps
+    along c, a, b. A register tile covers `mr` channels × `nv` vectors of consecutive pixels,
+    which may span several output rows: each (c, a, b) reads the planes at a constant offset."""
+    (sh, _), (dh, _) = stride, dilation
+    n, plane, hq = ho * wo, rows * wo, rows // sh
+    mr, nv_max = conv_tile(m, n)
+    if sh == 1:
+        taps = [(kh, w_steps[1], dh * wo), (kw, w_steps[2], cin * plane)]
+    else:  # kernel row a reads phase a*dh % sh
+        taps = [[(a * w_steps[1] + b * w_steps[2], (a * dh % sh * hq + a * dh // sh) * wo + b * cin * plane)
+                 for a in range(kh) for b in range(kw)]]
+    loops = [(cin, w_steps[0], plane)] + taps
 
-    def block(o0, nm, i0, nrows, c0, nv, lanes):
+    def block(o0, nm, p0, nv, lanes):
         a_ptrs = [weight_row(kb.add(o0, r)) for r in range(nm)]
-        bases = [kb.gep(src, kb.add(kb.mul(kb.mul(kb.add(i0, rr), sh), ws), kb.mul(c0, sw)))
-                 for rr in range(nrows)]
-        loads = [contiguous_b(kb, base, lanes, nv) if sw == 1 else strided_b(kb, base, sw, lanes, nv)
-                 for base in bases]
-        accs = outer_product(kb, a_ptrs, loops, lambda v, off: loads[v // nv](v % nv, off), nrows * nv)
-        out, tiles, biases = [], [], []
-        for r in range(nm):
-            bias_r = kb.load(bias, kb.add(o0, r)) if bias is not None else None
-            for rr in range(nrows):
-                out.append(kb.gep(dst, kb.add(kb.add(kb.mul(kb.add(o0, r), ho * wo),
-                                                     kb.mul(kb.add(i0, rr), wo)), c0)))
-                tiles.append(accs[r][rr * nv:(rr + 1) * nv])
-                biases.append(bias_r)
-        store_tile(kb, tiles, out, lanes, biases if bias is not None else None)
+        accs = outer_product(kb, a_ptrs, loops, contiguous_b(kb, kb.gep(planes, p0), lanes, nv), nv)
+        out = [kb.gep(dst, kb.add(kb.mul(kb.add(o0, r), n), p0)) for r in range(nm)]
+        biases = [kb.load(bias, kb.add(o0, r)) for r in range(nm)] if bias is not None else None
+        store_tile(kb, accs, out, lanes, biases)
 
-    def row_block(i0, nrows):
-        def cols(c0, nv, lanes):
-            if m // mr:
-                with kb.loop(0, m // mr * mr, mr, name="ob") as o0:
-                    block(o0, mr, i0, nrows, c0, nv, lanes)
-            if m % mr:
-                block(m // mr * mr, m % mr, i0, nrows, c0, nv, lanes)
-        col_tiles(kb, wo, nv_max, cols)
-
-    if ho // rows:
-        with kb.loop(0, ho // rows * rows, rows, name="oh") as i0:
-            row_block(i0, rows)
-    if ho % rows:
-        row_block(ho // rows * rows, ho % rows)
+    def cols(p0, nv, lanes):
+        if m // mr:
+            with kb.loop(0, m // mr * mr, mr, name="ob") as o0:
+                block(o0, mr, p0, nv, lanes)
+        if m % mr:
+            block(m // mr * mr, m % mr, p0, nv, lanes)
+    col_tiles(kb, n, nv_max, cols)
 
 
 def strided_vector(kb: KernelBuilder, base, off, stride: int, lanes: int):
@@ -209,44 +228,63 @@ def conv2d(g: Graph, nid: int) -> Kernel:
     _, _, ho, wo = node.type.shape
     geo = Geometry.of(node.attrs)
     groups, og = geo.groups, o // geo.groups
-    depthwise = groups > 1 and cg == 1
-    top, bottom, left, right = geo.pad
-    padded = any(geo.pad)
-    hp, wp = h + top + bottom, wd + left + right
-    # the padded copy: of the whole image, or with groups of one group's channels at a time
-    # (which stay in the L1 cache; the border is zeroed once, every copy fills the same inside)
-    scratch = (c if groups == 1 else cg) * hp * wp * 4 if padded else 0
+    (sh, _), (dh, dw) = geo.stride, geo.dilation
+    top, _, left, _ = geo.pad
+    values = [x, w, nid] + ([bias] if bias is not None else [])
+    if groups > 1 and cg == 1:  # depthwise: each output channel reads one input channel
+        emit, scratch = _depthwise(x, w, bias, nid, (n, c, h, wd, o, kh, kw, ho, wo), geo)
+        return Kernel(values, n, n * o * ho * wo * kh * kw / 24, emit, scratch, names=["conv2d"])
+    # one group's shifted planes at a time (zeroed once: every copy fills the same positions)
+    rows = -(-((ho - 1) * sh + (kh - 1) * dh + 1) // sh) * sh
+    size = kw * cg * rows * wo
 
     def emit(kb: KernelBuilder, lo, hi):
-        if padded and groups > 1:
-            zero_fill(kb, kb.scratch, cg * hp * wp)
+        zero_fill(kb, kb.scratch, size)
         with kb.loop(lo, hi, name="n") as img:
             src = kb.gep(kb.ptr(x), kb.mul(img, c * h * wd))
-            if padded and groups == 1:
-                copy_spread(kb, src, c, h, wd, kb.scratch, hp, wp, top, left)
-                src = kb.scratch
             out = kb.gep(kb.ptr(nid), kb.mul(img, o * ho * wo))
 
             def group(gr):  # input channels [gr*cg, +cg) -> output channels [gr*og, +og)
-                image = kb.gep(src, kb.mul(gr, cg * h * wd))  # src is x when groups > 1
-                if padded and groups > 1:
-                    copy_spread(kb, image, cg, h, wd, kb.scratch, hp, wp, top, left, zero=False)
-                    image = kb.scratch
-                if depthwise:  # each output channel reads one input channel
-                    def channel(oc):
-                        plane_conv(kb, image, wp, geo.stride, geo.dilation, kb.gep(kb.ptr(w), kb.mul(oc, kh * kw)),
-                                   (kw, 1), kh, kw, kb.gep(out, kb.mul(oc, ho * wo)), ho, wo,
-                                   kb.gep(kb.ptr(bias), oc) if bias is not None else None)
-                    for_groups(kb, og, lambda k: channel(kb.add(kb.mul(gr, og), k)))
-                    return
-                conv_image(kb, image, cg, hp, wp, geo.stride,
-                           lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
-                           (kh * kw, kw, 1), og, kh, kw, kb.gep(out, kb.mul(gr, og * ho * wo)), ho, wo,
-                           kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None, geo.dilation)
+                shifted_copy(kb, kb.gep(src, kb.mul(gr, cg * h * wd)), cg, h, wd, kb.scratch, rows, wo, kw,
+                             top, left, geo.stride, dw)
+                conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation,
+                          lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
+                          (kh * kw, kw, 1), og, kh, kw, kb.gep(out, kb.mul(gr, og * ho * wo)), ho, wo,
+                          kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None)
             for_groups(kb, groups, group)
 
-    values = [x, w, nid] + ([bias] if bias is not None else [])
-    return Kernel(values, n, n * o * ho * wo * cg * kh * kw / 24, emit, scratch, names=["conv2d"])
+    return Kernel(values, n, n * o * ho * wo * cg * kh * kw / 24, emit, size * 4, names=["conv2d"])
+
+
+def _depthwise(x, w, bias, nid, dims, geo):
+    """(emit, scratch bytes) of a depthwise conv2d (one input channel per output channel):
+    `plane_conv` per channel, on a zero-bordered copy of its input channel (the border zeroed
+    once)."""
+    n, c, h, wd, o, kh, kw, ho, wo = dims
+    groups, og = geo.groups, o // geo.groups
+    top, bottom, left, right = geo.pad
+    padded = any(geo.pad)
+    hp, wp = h + top + bottom, wd + left + right
+
+    def emit(kb: KernelBuilder, lo, hi):
+        if padded:
+            zero_fill(kb, kb.scratch, hp * wp)
+        with kb.loop(lo, hi, name="n") as img:
+            out = kb.gep(kb.ptr(nid), kb.mul(img, o * ho * wo))
+
+            def group(gr):
+                image = kb.gep(kb.ptr(x), kb.add(kb.mul(img, c * h * wd), kb.mul(gr, h * wd)))
+                if padded:
+                    copy_spread(kb, image, 1, h, wd, kb.scratch, hp, wp, top, left, zero=False)
+                    image = kb.scratch
+
+                def channel(oc):
+                    plane_conv(kb, image, wp, geo.stride, geo.dilation, kb.gep(kb.ptr(w), kb.mul(oc, kh * kw)),
+                               (kw, 1), kh, kw, kb.gep(out, kb.mul(oc, ho * wo)), ho, wo,
+                               kb.gep(kb.ptr(bias), oc) if bias is not None else None)
+                for_groups(kb, og, lambda k: channel(kb.add(kb.mul(gr, og), k)))
+            for_groups(kb, groups, group)
+    return emit, hp * wp * 4 if padded else 0
 
 
 def for_groups(kb: KernelBuilder, groups: int, body) -> None:
@@ -271,34 +309,32 @@ def conv2d_grad_input(g: Graph, nid: int) -> Kernel:
     # dx[c, y, x] = Σ dy spread by the stride at (y + a'*dh, x + b'*dw) times the weight
     # flipped (a' = kh-1-a): the spread image starts dilation*(kernel-1) - pad before dx's
     hb, wb = h + dh * (kh - 1), wd + dw * (kw - 1)
-    spread = dict(top=dh * (kh - 1) - top, left=dw * (kw - 1) - left, step=geo.stride)
+    top, left = dh * (kh - 1) - top, dw * (kw - 1) - left
     flipped = (kh - 1) * kw + kw - 1  # weight(c; o, a, b) = w[o, c, kh-1-a, kw-1-b]
+    depthwise = groups > 1 and og == 1 and cg == 1  # one channel plane, on a zero-bordered copy
+    size = og * hb * wb if depthwise else kw * og * hb * wd  # one group's channels at a time
 
     def emit(kb: KernelBuilder, lo, hi):
-        if groups > 1:  # one group's channels at a time, as the forward pass
-            zero_fill(kb, kb.scratch, og * hb * wb)
+        zero_fill(kb, kb.scratch, size)  # every image fills the same positions
         with kb.loop(lo, hi, name="n") as img:
             dy_img = kb.gep(kb.ptr(dy), kb.mul(img, o * ho * wo))
-            if groups == 1:
-                copy_spread(kb, dy_img, o, ho, wo, kb.scratch, hb, wb, **spread)
             dst = kb.gep(kb.ptr(nid), kb.mul(img, c * h * wd))
 
             def group(gr):  # output channels [gr*og, +og) -> input channels [gr*cg, +cg)
-                if groups > 1:
-                    copy_spread(kb, kb.gep(dy_img, kb.mul(gr, og * ho * wo)), og, ho, wo, kb.scratch, hb, wb,
-                                **spread, zero=False)
+                dy_group = kb.gep(dy_img, kb.mul(gr, og * ho * wo))
                 w0 = kb.gep(kb.ptr(w), kb.add(kb.mul(gr, og * cg * kh * kw), flipped))
-                if groups > 1 and og == 1 and cg == 1:  # depthwise: one channel plane
+                if depthwise:
+                    copy_spread(kb, dy_group, og, ho, wo, kb.scratch, hb, wb, top, left, geo.stride, zero=False)
                     plane_conv(kb, kb.scratch, wb, (1, 1), geo.dilation, w0, (-kw, -1), kh, kw,
                                kb.gep(dst, kb.mul(gr, h * wd)), h, wd)
                     return
-                conv_image(kb, kb.scratch, og, hb, wb, (1, 1), lambda cc: kb.gep(w0, kb.mul(cc, kh * kw)),
-                           (cg * kh * kw, -kw, -1), cg, kh, kw,
-                           kb.gep(dst, kb.mul(gr, cg * h * wd)), h, wd, dilation=geo.dilation)
+                shifted_copy(kb, dy_group, og, ho, wo, kb.scratch, hb, wd, kw, top, left,
+                             dilation_w=dw, spread=geo.stride)
+                conv_flat(kb, kb.scratch, og, hb, (1, 1), geo.dilation, lambda cc: kb.gep(w0, kb.mul(cc, kh * kw)),
+                          (cg * kh * kw, -kw, -1), cg, kh, kw, kb.gep(dst, kb.mul(gr, cg * h * wd)), h, wd)
             for_groups(kb, groups, group)
 
-    return Kernel([dy, w, nid], n, n * o * h * wd * cg * kh * kw / 24, emit,
-                  (o if groups == 1 else og) * hb * wb * 4,
+    return Kernel([dy, w, nid], n, n * o * h * wd * cg * kh * kw / 24, emit, size * 4,
                   names=["conv2d_grad_input"])
 
 

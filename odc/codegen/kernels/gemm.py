@@ -4,7 +4,7 @@
 Two register tiles cover the products a training step needs:
 - `outer_product`: ``acc[r][v] += A[r, k] * B[k, v-th vector of columns]`` — MR rows of A
   broadcast against NV vectors of a row of B, for B contiguous along the output columns
-  (``matmul``, and the direct convolution in `conv`, whose "B" is the input image).
+  (``matmul``, and the direct convolution in `conv`, whose "B" is the image's shifted planes).
 - `dot_tile`: ``acc[r][c] += A[r, j:j+VW] * B[c, j:j+VW]`` then a horizontal sum — for two
   operands contiguous along the reduction, as in ``linear`` (x @ w.T with w stored [out, in]),
   which needs no transposed copy of the weight this way.
@@ -15,8 +15,6 @@ in full MR-row blocks, then single rows.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 from llvmlite import ir
 
 from odc.codegen.builder import ACCUMULATORS, REGISTERS, VW, KernelBuilder, vec
@@ -26,20 +24,27 @@ from odc.ir.graph import Graph
 
 
 def outer_product(kb: KernelBuilder, a_ptrs, loops, b_load, nv: int):
-    """Σ over the loop nest ``loops`` = [(extent, a_step, b_step)] of
-    ``splat(a_ptrs[r][k·a_steps]) * b_load(v, k·b_steps)``: MR×NV vector accumulators."""
+    """Σ over the loop nest ``loops`` of ``splat(a_ptrs[r][a_off]) * b_load(v, b_off)``: MR×NV
+    vector accumulators. Each level of the nest is a loop ``(extent, a_step, b_step)``, or a
+    list of constant ``(a_off, b_off)`` pairs, unrolled."""
     zero = ir.Constant(vec(VW), None)
     accs = [[kb.var(vec(VW), zero, "acc") for _ in range(nv)] for _ in a_ptrs]
-    with ExitStack() as stack:
-        a_off, b_off = 0, 0
-        for extent, a_step, b_step in loops:
-            k = stack.enter_context(kb.loop(0, extent, name="k"))
-            a_off, b_off = kb.add(a_off, kb.mul(k, a_step)), kb.add(b_off, kb.mul(k, b_step))
-        bs = [b_load(v, b_off) for v in range(nv)]
-        for r, ap in enumerate(a_ptrs):
-            a = kb.splat(kb.load(ap, a_off))
-            for v in range(nv):
-                kb.set(accs[r][v], kb.fma(a, bs[v], kb.get(accs[r][v])))
+
+    def nest(level, a_off, b_off):
+        if level == len(loops):
+            bs = [b_load(v, b_off) for v in range(nv)]
+            for r, ap in enumerate(a_ptrs):
+                a = kb.splat(kb.load(ap, a_off))
+                for v in range(nv):
+                    kb.set(accs[r][v], kb.fma(a, bs[v], kb.get(accs[r][v])))
+        elif isinstance(loops[level], list):
+            for a_o, b_o in loops[level]:
+                nest(level + 1, kb.add(a_off, a_o), kb.add(b_off, b_o))
+        else:
+            extent, a_step, b_step = loops[level]
+            with kb.loop(0, extent, name="k") as k:
+                nest(level + 1, kb.add(a_off, kb.mul(k, a_step)), kb.add(b_off, kb.mul(k, b_step)))
+    nest(0, 0, 0)
     return [[kb.get(acc) for acc in row] for row in accs]
 
 
