@@ -27,14 +27,15 @@ top' + i*sh, column left' + j*sw, with top' = dilation*(kernel-1) - pad), with t
 flipped and with its two channel axes exchanged, group by group — an address pattern, not a
 copy (`plane_conv` on a spread, bordered copy for a depthwise convolution without multiplier).
 
-The gradient with respect to the weight is a sum over images and output pixels of
-``dy[n, o, i, j] * x[n, c, i*sh + a*dh - top, j*sw + b*dw - left]``: for a block of MR
-output channels (inside one group) and all kw of one (c, a), a register tile of MR×KW vector
-accumulators runs along the output columns j (contiguous in dy and, for stride 1, in x) and
-is summed horizontally at the end. Columns that fall into the padding are masked off
-(constant masks), rows are skipped by the loop bounds, so no padded copy is needed. Work
-items (channel block, c, a) are independent, so they are split across threads; the batch is
-walked in chunks that stay in the core's cache while every item of the thread reads them.
+The gradient with respect to the weight is a sum over images and output pixels p of
+``dy[n, o, p] * plane_b[n, c, a*dh % sh, p + (a*dh // sh)*wo]``, over the same shifted planes
+as the forward pass, in which both operands are contiguous along p: for a block of MR output
+channels (inside one group) and all kw of one (c, a), a register tile of MR×KW vector
+accumulators runs along the pixels of each image (whole vectors, also for an 8x8 image or a
+stride of 2) and is summed horizontally at the end of a chunk of images. Work items
+(c, channel block, a) are independent, so they are split across threads, c outermost: each
+thread copies the planes of its own input channels only. The batch is walked in chunks small
+enough that a tile's rows stay in the L1 cache and the chunk's planes in the L2 cache.
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
 
-CHUNK_BYTES = 256 * 1024  # the weight gradient walks the batch in chunks of about this much data
+CHUNK_PIXELS, CHUNK_BYTES = 1024, 1024 * 1024  # the weight gradient's chunks of images: at most this many
+# output pixels (a tile's rows stay in the L1 cache) and this much data (in the L2 cache)
 
 
 def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, step=(1, 1),
@@ -74,13 +76,14 @@ def zero_fill(kb: KernelBuilder, dst, count: int) -> None:
 
 
 def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top, left,
-                 stride=(1, 1), dilation_w=1, spread=(1, 1)) -> None:
+                 stride=(1, 1), dilation_w=1, spread=(1, 1), some=None) -> None:
     """The planes that `conv_flat` reads, one per kernel column b, `wo` wide:
     dst[b, c, y % sh, y // sh, j] = src[c, (y - top) / th, (j*sw + b*dw - left) / tw] for
     y < rows (a multiple of sh), j < wo, where both divisions are exact and land inside src.
     (sh, sw) = `stride`, dw = `dilation_w`, (th, tw) = `spread` (the output gradient spread by
     the stride, for the input gradient). Other positions are not written: the caller zeroes
-    dst once, and every image writes the same positions."""
+    dst once, and every image writes the same positions. `some` = (first, end) copies only
+    those channels."""
     (sh, sw), (th, tw) = stride, spread
     plane, hq = rows * wo, rows // sh
     i_lo, i_hi = max(0, -(top // th)), min(h, (rows - 1 - top) // th + 1)  # rows of src used
@@ -93,7 +96,7 @@ def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top,
             runs.append((b, *pairs[0], *steps, len(pairs)))
     if i_lo >= i_hi or not runs:
         return
-    with kb.loop(0, channels) as c, kb.loop(i_lo, i_hi) as i:
+    with kb.loop(*(some or (0, channels))) as c, kb.loop(i_lo, i_hi) as i:
         y = kb.add(top, kb.mul(i, th))
         if sh > 1:  # the rows of one phase y % sh are consecutive
             y = kb.add(kb.mul(kb.b.srem(y, kb.i64(sh)), hq), kb.b.sdiv(y, kb.i64(sh)))
@@ -347,82 +350,77 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     kh, kw = node.attrs["kernel"]
     geo = Geometry.of(node.attrs)
     og, cg = o // geo.groups, c // geo.groups
-    (sh, _), (dh, _), top = geo.stride, geo.dilation, geo.pad[0]
+    (sh, _), (dh, dw), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
     mr = max(1, min(og, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
     per_group = -(-og // mr)  # channel blocks per group (a block stays inside its group)
-    blocks = geo.groups * per_group
-    segments = [(j0, min(VW, wo - j0)) for j0 in range(0, wo, VW)]
-    chunk = max(1, min(n, CHUNK_BYTES // (4 * (o * ho * wo + c * h * wd))))
-    dims = (n, o, ho, wo, c, h, wd, cg, kh, kw, geo)
+    rows = -(-((ho - 1) * sh + (kh - 1) * dh + 1) // sh) * sh
+    planes = kw * c * rows * wo  # floats of one image's shifted planes
+    chunk = max(1, min(n, CHUNK_PIXELS // (ho * wo), CHUNK_BYTES // (4 * (o * ho * wo + planes))))
+    dims = (o, ho * wo, c, rows * wo, wo, rows // sh, planes, cg, kh, kw, sh, dh)
 
     def emit(kb: KernelBuilder, lo, hi):
         b = kb.b
-        with kb.loop(0, n, chunk, name="chunk") as n0, kb.loop(lo, hi, name="item") as t:
-            ob = b.sdiv(t, kb.i64(cg * kh))
-            ci = b.srem(b.sdiv(t, kb.i64(kh)), kb.i64(cg))  # weight channel (within the group)
-            a = b.srem(t, kb.i64(kh))
-            if geo.groups == 1:
-                gr, obg = 0, ob
-            else:
-                gr, obg = b.sdiv(ob, kb.i64(per_group)), b.srem(ob, kb.i64(per_group))
-            o0 = kb.add(kb.mul(gr, og), kb.mul(obg, mr))
-            cc = kb.add(kb.mul(gr, cg), ci)  # input channel
-            # rows of dy with an input row inside the image: 0 <= i*sh + a*dh - top < h
-            ad = kb.mul(a, dh)
-            i_lo = b.sdiv(kb.smax(kb.add(b.sub(kb.i64(top), ad), sh - 1), 0), kb.i64(sh))
-            i_hi = kb.smin(b.sdiv(kb.add(b.sub(kb.i64(h - 1 + top), ad), sh), kb.i64(sh)), ho)
-            images = (n0, kb.smin(kb.add(n0, chunk), n))
-            where = (o0, ci, cc, a, i_lo, i_hi, images)
-            if og % mr == 0:
-                _grad_weight_tile(kb, dy, x, nid, mr, where, dims, segments)
-            else:
-                with b.if_else(b.icmp_signed("<", obg, kb.i64(per_group - 1))) as (full, last):
-                    with full:
-                        _grad_weight_tile(kb, dy, x, nid, mr, where, dims, segments)
-                    with last:
-                        _grad_weight_tile(kb, dy, x, nid, og % mr, where, dims, segments)
+        zero_fill(kb, kb.scratch, chunk * planes)  # every image fills the same positions
+        some = (b.sdiv(lo, kb.i64(per_group * kh)), kb.add(b.sdiv(kb.add(hi, -1), kb.i64(per_group * kh)), 1))
+        with kb.loop(0, n, chunk, name="chunk") as n0:
+            images = kb.smin(chunk, b.sub(kb.i64(n), n0))
+            with kb.loop(0, images, name="img") as k:  # the planes of this thread's channels
+                shifted_copy(kb, kb.gep(kb.ptr(x), kb.mul(kb.add(n0, k), c * h * wd)), c, h, wd,
+                             kb.gep(kb.scratch, kb.mul(k, planes)), rows, wo, kw, top, left, geo.stride, dw,
+                             some=some)
+            with kb.loop(lo, hi, name="item") as t:
+                cc = b.sdiv(t, kb.i64(per_group * kh))  # input channel
+                obg = b.srem(b.sdiv(t, kb.i64(kh)), kb.i64(per_group))  # channel block in the group
+                a = b.srem(t, kb.i64(kh))
+                gr, ci = (0, cc) if geo.groups == 1 else (b.sdiv(cc, kb.i64(cg)), b.srem(cc, kb.i64(cg)))
+                o0 = kb.add(kb.mul(gr, og), kb.mul(obg, mr))
+                where = (o0, ci, cc, a, n0, images)
+                if og % mr == 0:
+                    _grad_weight_tile(kb, dy, nid, mr, where, dims)
+                else:
+                    with b.if_else(b.icmp_signed("<", obg, kb.i64(per_group - 1))) as (full, last):
+                        with full:
+                            _grad_weight_tile(kb, dy, nid, mr, where, dims)
+                        with last:
+                            _grad_weight_tile(kb, dy, nid, og % mr, where, dims)
 
-    return Kernel([dy, x, nid], blocks * cg * kh, n * o * ho * wo * cg * kh * kw / 20, emit,
-                  names=["conv2d_grad_weight"])
+    return Kernel([dy, x, nid], c * per_group * kh, n * o * ho * wo * cg * kh * kw / 20, emit,
+                  chunk * planes * 4, names=["conv2d_grad_weight"])
 
 
-def _grad_weight_tile(kb, dy, x, dw, rows, where, dims, segments) -> None:
-    """Adds this tile's sums over the images [images[0], images[1]) to dw (stores them for the
-    first chunk): output channels [o0, o0 + rows), weight channel ci (input channel cc), kernel
-    row a, dy rows [i_lo, i_hi)."""
-    o0, ci, cc, a, i_lo, i_hi, images = where
-    n, o, ho, wo, c, h, wd, cg, kh, kw, geo = dims
-    (sh, sw), (dh, dil_w), top, left = geo.stride, geo.dilation, geo.pad[0], geo.pad[2]
+def _grad_weight_tile(kb, dy, dw, rows, where, dims) -> None:
+    """Adds this tile's sums over the chunk's images (image n0 + k in slot k of the scratch's
+    shifted planes, k < images) to dw (stores them for the first chunk): output channels
+    [o0, o0 + rows), weight channel ci (input channel cc), kernel row a, every kernel column."""
+    o0, ci, cc, a, n0, images = where
+    o, pixels, c, plane, wo, hq, planes, cg, kh, kw, sh, dh = dims
+    b = kb.b
     zero = ir.Constant(vec(VW), None)
     accs = [[kb.var(vec(VW), zero, "acc") for _ in range(kw)] for _ in range(rows)]
-    with kb.loop(images[0], images[1], name="img") as img:
-        with kb.loop(i_lo, i_hi, name="i") as i:
-            dy_rows = [kb.gep(kb.ptr(dy), kb.add(kb.mul(kb.add(kb.mul(img, o), kb.add(o0, r)), ho * wo),
-                                                 kb.mul(i, wo))) for r in range(rows)]
-            x_row = kb.gep(kb.ptr(x), kb.add(kb.mul(kb.add(kb.mul(img, c), cc), h * wd),
-                                             kb.mul(kb.add(kb.add(kb.mul(i, sh), -top), kb.mul(a, dh)), wd)))
-            for j0, lanes in segments:
-                dmask = kb.tail_mask(lanes)
-                dv = [kb.vload(ptr, j0, mask=dmask) for ptr in dy_rows]
-                for q in range(kw):
-                    valid = [l < lanes and 0 <= (j0 + l) * sw + q * dil_w - left < wd for l in range(VW)]
-                    if not any(valid):
-                        continue
-                    if sw == 1:
-                        xv = kb.vload(x_row, j0 + q * dil_w - left, mask=None if all(valid) else kb.lane_mask(valid))
-                    else:
-                        xv = zero
-                        for l in range(VW):
-                            if valid[l]:
-                                xv = kb.b.insert_element(xv, kb.load(x_row, (j0 + l) * sw + q * dil_w - left),
-                                                         ir.Constant(I32, l))
-                    for r in range(rows):
-                        kb.set(accs[r][q], kb.fma(dv[r], xv, kb.get(accs[r][q])))
-    first = kb.b.icmp_signed("==", images[0], kb.i64(0))
+    row = kb.mul(a, dh)  # the first plane row that kernel row a reads, in phase a*dh % sh
+    if sh > 1:
+        row = kb.add(kb.mul(b.srem(row, kb.i64(sh)), hq), b.sdiv(row, kb.i64(sh)))
+    with kb.loop(0, images, name="img") as k:
+        dy_rows = [kb.gep(kb.ptr(dy), kb.mul(kb.add(kb.mul(kb.add(n0, k), o), kb.add(o0, r)), pixels))
+                   for r in range(rows)]
+        x_row = kb.gep(kb.scratch, kb.add(kb.add(kb.mul(k, planes), kb.mul(cc, plane)), kb.mul(row, wo)))
+
+        def step(p, mask):
+            dv = [kb.vload(ptr, p, mask=mask) for ptr in dy_rows]
+            for q in range(kw):
+                xv = kb.vload(x_row, kb.add(p, q * c * plane), mask=mask)
+                for r in range(rows):
+                    kb.set(accs[r][q], kb.fma(dv[r], xv, kb.get(accs[r][q])))
+        if pixels // VW:
+            with kb.loop(0, pixels // VW * VW, VW, name="p") as p:
+                step(p, None)
+        if pixels % VW:
+            step(pixels // VW * VW, kb.tail_mask(pixels % VW))
+    first = b.icmp_signed("==", n0, kb.i64(0))
     for r in range(rows):
         base = kb.add(kb.mul(kb.add(kb.mul(kb.add(o0, r), cg), ci), kh * kw), kb.mul(a, kw))
         for q in range(kw):
             at = kb.add(base, q)
             total = kb.hsum(kb.get(accs[r][q]))
-            before = kb.b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at))
-            kb.store(kb.b.fadd(before, total), kb.ptr(dw), at)
+            before = b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at))
+            kb.store(b.fadd(before, total), kb.ptr(dw), at)
