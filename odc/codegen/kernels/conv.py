@@ -31,11 +31,14 @@ The gradient with respect to the weight is a sum over images and output pixels p
 ``dy[n, o, p] * plane_b[n, c, a*dh % sh, p + (a*dh // sh)*wo]``, over the same shifted planes
 as the forward pass, in which both operands are contiguous along p: for a block of MR output
 channels (inside one group) and all kw of one (c, a), a register tile of MR×KW vector
-accumulators runs along the pixels of each image (whole vectors, also for an 8x8 image or a
-stride of 2) and is summed horizontally at the end of a chunk of images. Work items
+accumulators runs along the pixels (whole vectors, also for an 8x8 image or a stride of 2) and
+is summed horizontally at the end of a chunk of images. The images of a chunk lie side by
+side in every row of the planes and of a copy of dy, so that the pixels of the whole chunk
+are one flat axis: a 2x2 or 4x4 image alone would fill a quarter of a vector, or one vector
+per horizontal sum. A chunk (a divisor of the batch) holds at most 1024 output pixels (a
+tile's rows stay in the L1 cache) and 1 MiB of dy (in the L2 cache). Work items
 (c, channel block, a) are independent, so they are split across threads, c outermost: each
-thread copies the planes of its own input channels only. The batch is walked in chunks small
-enough that a tile's rows stay in the L1 cache and the chunk's planes in the L2 cache.
+thread copies the planes of its own input channels only.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
 
 CHUNK_PIXELS, CHUNK_BYTES = 1024, 1024 * 1024  # the weight gradient's chunks of images: at most this many
-# output pixels (a tile's rows stay in the L1 cache) and this much data (in the L2 cache)
+# output pixels (a tile's rows stay in the L1 cache) and this many bytes of dy (in the L2 cache)
 
 
 def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, step=(1, 1),
@@ -76,16 +79,17 @@ def zero_fill(kb: KernelBuilder, dst, count: int) -> None:
 
 
 def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top, left,
-                 stride=(1, 1), dilation_w=1, spread=(1, 1), some=None) -> None:
+                 stride=(1, 1), dilation_w=1, spread=(1, 1), some=None, pitch=None) -> None:
     """The planes that `conv_flat` reads, one per kernel column b, `wo` wide:
     dst[b, c, y % sh, y // sh, j] = src[c, (y - top) / th, (j*sw + b*dw - left) / tw] for
     y < rows (a multiple of sh), j < wo, where both divisions are exact and land inside src.
     (sh, sw) = `stride`, dw = `dilation_w`, (th, tw) = `spread` (the output gradient spread by
     the stride, for the input gradient). Other positions are not written: the caller zeroes
     dst once, and every image writes the same positions. `some` = (first, end) copies only
-    those channels."""
+    those channels; `pitch` (default wo) is the step from one row of a plane to the next."""
     (sh, sw), (th, tw) = stride, spread
-    plane, hq = rows * wo, rows // sh
+    pitch = pitch or wo
+    plane, hq = rows * pitch, rows // sh
     i_lo, i_hi = max(0, -(top // th)), min(h, (rows - 1 - top) // th + 1)  # rows of src used
     runs = []  # per b: (first j, first source column, j step, source step, count)
     for b in range(kw):
@@ -101,7 +105,7 @@ def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top,
         if sh > 1:  # the rows of one phase y % sh are consecutive
             y = kb.add(kb.mul(kb.b.srem(y, kb.i64(sh)), hq), kb.b.sdiv(y, kb.i64(sh)))
         s_row = kb.gep(src, kb.add(kb.mul(c, h * w), kb.mul(i, w)))
-        d_row = kb.add(kb.mul(c, plane), kb.mul(y, wo))
+        d_row = kb.add(kb.mul(c, plane), kb.mul(y, pitch))
         for b, j0, s0, dj, ds, count in runs:
             d = kb.add(d_row, b * channels * plane + j0)
             if dj == 1:  # contiguous stores of (strided) loads
@@ -354,27 +358,33 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     mr = max(1, min(og, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
     per_group = -(-og // mr)  # channel blocks per group (a block stays inside its group)
     rows = -(-((ho - 1) * sh + (kh - 1) * dh + 1) // sh) * sh
-    planes = kw * c * rows * wo  # floats of one image's shifted planes
-    chunk = max(1, min(n, CHUNK_PIXELS // (ho * wo), CHUNK_BYTES // (4 * (o * ho * wo + planes))))
-    dims = (o, ho * wo, c, rows * wo, wo, rows // sh, planes, cg, kh, kw, sh, dh)
+    # a chunk of images (a divisor of n) side by side in every row of the planes and of dy
+    chunk = max(k for k in range(1, n + 1) if n % k == 0 and (k == 1 or (
+        k * ho * wo <= CHUNK_PIXELS and 4 * k * o * ho * wo <= CHUNK_BYTES)))
+    pitch = chunk * wo
+    planes = kw * c * rows * pitch  # floats of the chunk's planes; its dy follows (chunk > 1)
+    dims = (o, ho * pitch, c, rows * pitch, pitch, rows // sh, planes, cg, kh, kw, sh, dh, chunk)
 
     def emit(kb: KernelBuilder, lo, hi):
         b = kb.b
-        zero_fill(kb, kb.scratch, chunk * planes)  # every image fills the same positions
+        zero_fill(kb, kb.scratch, planes)  # every chunk fills the same positions
         some = (b.sdiv(lo, kb.i64(per_group * kh)), kb.add(b.sdiv(kb.add(hi, -1), kb.i64(per_group * kh)), 1))
         with kb.loop(0, n, chunk, name="chunk") as n0:
-            images = kb.smin(chunk, b.sub(kb.i64(n), n0))
-            with kb.loop(0, images, name="img") as k:  # the planes of this thread's channels
-                shifted_copy(kb, kb.gep(kb.ptr(x), kb.mul(kb.add(n0, k), c * h * wd)), c, h, wd,
-                             kb.gep(kb.scratch, kb.mul(k, planes)), rows, wo, kw, top, left, geo.stride, dw,
-                             some=some)
+            with kb.loop(0, chunk, name="img") as k:  # the planes of this thread's channels
+                image = kb.add(n0, k)
+                shifted_copy(kb, kb.gep(kb.ptr(x), kb.mul(image, c * h * wd)), c, h, wd,
+                             kb.gep(kb.scratch, kb.mul(k, wo)), rows, wo, kw, top, left, geo.stride, dw,
+                             some=some, pitch=pitch)
+                if chunk > 1:
+                    shifted_copy(kb, kb.gep(kb.ptr(dy), kb.mul(image, o * ho * wo)), o, ho, wo,
+                                 kb.gep(kb.scratch, kb.add(planes, kb.mul(k, wo))), ho, wo, 1, 0, 0, pitch=pitch)
             with kb.loop(lo, hi, name="item") as t:
                 cc = b.sdiv(t, kb.i64(per_group * kh))  # input channel
                 obg = b.srem(b.sdiv(t, kb.i64(kh)), kb.i64(per_group))  # channel block in the group
                 a = b.srem(t, kb.i64(kh))
                 gr, ci = (0, cc) if geo.groups == 1 else (b.sdiv(cc, kb.i64(cg)), b.srem(cc, kb.i64(cg)))
                 o0 = kb.add(kb.mul(gr, og), kb.mul(obg, mr))
-                where = (o0, ci, cc, a, n0, images)
+                where = (o0, ci, cc, a, n0)
                 if og % mr == 0:
                     _grad_weight_tile(kb, dy, nid, mr, where, dims)
                 else:
@@ -385,37 +395,37 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
                             _grad_weight_tile(kb, dy, nid, og % mr, where, dims)
 
     return Kernel([dy, x, nid], c * per_group * kh, n * o * ho * wo * cg * kh * kw / 20, emit,
-                  chunk * planes * 4, names=["conv2d_grad_weight"])
+                  (planes + (o * ho * pitch if chunk > 1 else 0)) * 4, names=["conv2d_grad_weight"])
 
 
 def _grad_weight_tile(kb, dy, dw, rows, where, dims) -> None:
-    """Adds this tile's sums over the chunk's images (image n0 + k in slot k of the scratch's
-    shifted planes, k < images) to dw (stores them for the first chunk): output channels
-    [o0, o0 + rows), weight channel ci (input channel cc), kernel row a, every kernel column."""
-    o0, ci, cc, a, n0, images = where
-    o, pixels, c, plane, wo, hq, planes, cg, kh, kw, sh, dh = dims
+    """Adds this tile's sums over the chunk of images starting at n0 to dw (stores them for the
+    first chunk): output channels [o0, o0 + rows), weight channel ci (input channel cc), kernel
+    row a, every kernel column. The chunk's pixels are one flat axis of `length`, in the planes
+    and in dy (copied after the planes; dy itself for a chunk of one image)."""
+    o0, ci, cc, a, n0 = where
+    o, length, c, plane, pitch, hq, planes, cg, kh, kw, sh, dh, chunk = dims
     b = kb.b
     zero = ir.Constant(vec(VW), None)
     accs = [[kb.var(vec(VW), zero, "acc") for _ in range(kw)] for _ in range(rows)]
     row = kb.mul(a, dh)  # the first plane row that kernel row a reads, in phase a*dh % sh
     if sh > 1:
         row = kb.add(kb.mul(b.srem(row, kb.i64(sh)), hq), b.sdiv(row, kb.i64(sh)))
-    with kb.loop(0, images, name="img") as k:
-        dy_rows = [kb.gep(kb.ptr(dy), kb.mul(kb.add(kb.mul(kb.add(n0, k), o), kb.add(o0, r)), pixels))
-                   for r in range(rows)]
-        x_row = kb.gep(kb.scratch, kb.add(kb.add(kb.mul(k, planes), kb.mul(cc, plane)), kb.mul(row, wo)))
+    dys = kb.gep(kb.scratch, planes) if chunk > 1 else kb.gep(kb.ptr(dy), kb.mul(n0, o * length))
+    dy_rows = [kb.gep(dys, kb.mul(kb.add(o0, r), length)) for r in range(rows)]
+    x_row = kb.gep(kb.scratch, kb.add(kb.mul(cc, plane), kb.mul(row, pitch)))
 
-        def step(p, mask):
-            dv = [kb.vload(ptr, p, mask=mask) for ptr in dy_rows]
-            for q in range(kw):
-                xv = kb.vload(x_row, kb.add(p, q * c * plane), mask=mask)
-                for r in range(rows):
-                    kb.set(accs[r][q], kb.fma(dv[r], xv, kb.get(accs[r][q])))
-        if pixels // VW:
-            with kb.loop(0, pixels // VW * VW, VW, name="p") as p:
-                step(p, None)
-        if pixels % VW:
-            step(pixels // VW * VW, kb.tail_mask(pixels % VW))
+    def step(p, mask):
+        dv = [kb.vload(ptr, p, mask=mask) for ptr in dy_rows]
+        for q in range(kw):
+            xv = kb.vload(x_row, kb.add(p, q * c * plane), mask=mask)
+            for r in range(rows):
+                kb.set(accs[r][q], kb.fma(dv[r], xv, kb.get(accs[r][q])))
+    if length // VW:
+        with kb.loop(0, length // VW * VW, VW, name="p") as p:
+            step(p, None)
+    if length % VW:
+        step(length // VW * VW, kb.tail_mask(length % VW))
     first = b.icmp_signed("==", n0, kb.i64(0))
     for r in range(rows):
         base = kb.add(kb.mul(kb.add(kb.mul(kb.add(o0, r), cg), ci), kh * kw), kb.mul(a, kw))
