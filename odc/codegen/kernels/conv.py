@@ -14,6 +14,11 @@ padding or the column stride (strided columns are gathered once, while copying, 
 loads and a shuffle). For a row stride sh > 1 each plane keeps its rows grouped by y % sh, so
 that kernel row a reads consecutive rows again (at phase a*dh % sh). The copy is kw times the
 image, read by MR output channels per load, so it costs a few percent of the multiply-adds.
+Images of fewer than 64 output pixels (the 4x4 and 2x2 layers of a VGG) go in chunks, side by
+side in every row of the planes, so that a vector spans images too; their outputs are computed
+into the scratch and copied out image by image. The tiles walk the pixels outermost, each
+reading the weight anew, unless the weight is the larger operand (deep layers on few pixels):
+then channel blocks go outermost.
 With groups, the same kernel runs once per group (a loop) on that group's input channels,
 weight rows and output channels. Where each output channel reads one input channel
 (depthwise, with or without a channel multiplier) `plane_conv` takes over, on a zero-bordered
@@ -50,6 +55,7 @@ from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
 
+CHUNK_OUTPUTS = 64  # the direct convolution puts images of fewer output pixels side by side
 CHUNK_PIXELS, CHUNK_BYTES = 1024, 1024 * 1024  # the weight gradient's chunks of images: at most this many
 # output pixels (a tile's rows stay in the L1 cache) and this many bytes of dy (in the L2 cache)
 
@@ -133,19 +139,20 @@ def conv_tile(m: int, n: int) -> tuple[int, int]:
 
 
 def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row, w_steps, m, kh, kw,
-              dst, ho, wo, bias=None) -> None:
+              dst, ho, pitch, bias=None) -> None:
     """dst[o, p] = Σ_{c, a, b} weight(o; c, a, b) * planes[b, c, a*dh % sh, i + a*dh // sh, j]
-    (+ bias[o]) for the pixels p = i*wo + j of one image, over `shifted_copy`'s planes;
-    `weight_row(o)` points at weight(o; 0, 0, 0) and `w_steps` are the weight's element steps
-    along c, a, b. A register tile covers `mr` channels × `nv` vectors of consecutive pixels,
-    which may span several output rows: each (c, a, b) reads the planes at a constant offset."""
+    (+ bias[o]) for the pixels p = i*pitch + j of the images of a chunk, over `shifted_copy`'s
+    planes, whose rows are `pitch` long; `weight_row(o)` points at weight(o; 0, 0, 0) and
+    `w_steps` are the weight's element steps along c, a, b. A register tile covers `mr`
+    channels × `nv` vectors of consecutive pixels, which may span several output rows (and
+    images): each (c, a, b) reads the planes at a constant offset."""
     (sh, _), (dh, _) = stride, dilation
-    n, plane, hq = ho * wo, rows * wo, rows // sh
+    n, plane, hq = ho * pitch, rows * pitch, rows // sh
     mr, nv_max = conv_tile(m, n)
     if sh == 1:
-        taps = [(kh, w_steps[1], dh * wo), (kw, w_steps[2], cin * plane)]
+        taps = [(kh, w_steps[1], dh * pitch), (kw, w_steps[2], cin * plane)]
     else:  # kernel row a reads phase a*dh % sh
-        taps = [[(a * w_steps[1] + b * w_steps[2], (a * dh % sh * hq + a * dh // sh) * wo + b * cin * plane)
+        taps = [[(a * w_steps[1] + b * w_steps[2], (a * dh % sh * hq + a * dh // sh) * pitch + b * cin * plane)
                  for a in range(kh) for b in range(kw)]]
     loops = [(cin, w_steps[0], plane)] + taps
 
@@ -156,13 +163,45 @@ def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row
         biases = [kb.load(bias, kb.add(o0, r)) for r in range(nm)] if bias is not None else None
         store_tile(kb, accs, out, lanes, biases)
 
-    def cols(p0, nv, lanes):
+    def channel_blocks(tile):
         if m // mr:
             with kb.loop(0, m // mr * mr, mr, name="ob") as o0:
-                block(o0, mr, p0, nv, lanes)
+                tile(o0, mr)
         if m % mr:
-            block(m // mr * mr, m % mr, p0, nv, lanes)
-    col_tiles(kb, n, nv_max, cols)
+            tile(m // mr * mr, m % mr)
+    # the larger operand is read once, the other once per block of it: a few pixels and a
+    # large weight (deep layers) take channel blocks outermost
+    if m * cin * kh * kw > kw * cin * plane:
+        channel_blocks(lambda o0, nm: col_tiles(kb, n, nv_max, lambda p0, nv, lanes: block(o0, nm, p0, nv, lanes)))
+    else:
+        col_tiles(kb, n, nv_max, lambda p0, nv, lanes: channel_blocks(lambda o0, nm: block(o0, nm, p0, nv, lanes)))
+
+
+def conv_chunks(kb: KernelBuilder, lo, hi, chunk, groups, copy, convolve, out, outputs, channels, ho, wo):
+    """Images [lo, hi) in chunks of `chunk`, side by side in the planes (rows chunk*wo long),
+    group by group: copy(image, slot, group) fills the planes of one image at the column
+    offset slot*wo, then convolve(dst, group) computes the outputs of the chunk: of one image
+    straight into out(image, group), of several into `outputs` (in the scratch), from where
+    each image's `channels` x ho x wo are copied to out(image, group)."""
+    with kb.loop(lo, hi, chunk, name="n") as n0:
+        images = 1 if chunk == 1 else kb.smin(chunk, kb.b.sub(hi, n0))
+
+        def group(gr):
+            for_groups(kb, images, lambda k: copy(kb.add(n0, k), k, gr))
+            convolve(out(n0, gr) if chunk == 1 else outputs, gr)
+            if chunk == 1:
+                return
+
+            def copy_out(k):  # out[c, i, j] = outputs[c, i*pitch + k*wo + j]
+                dst = out(kb.add(n0, k), gr)
+                with kb.loop(0, channels) as c, kb.loop(0, ho) as i:
+                    row = kb.add(kb.mul(c, ho), i)
+                    s, d = kb.add(kb.mul(row, chunk * wo), kb.mul(k, wo)), kb.mul(row, wo)
+                    for j in range(0, wo, VW):
+                        mask = kb.tail_mask(min(VW, wo - j))
+                        kb.vstore(kb.vload(outputs, kb.add(s, j), mask=mask), dst, kb.add(d, j), mask=mask)
+            for_groups(kb, images, copy_out)
+        for_groups(kb, groups, group)
 
 
 def strided_vector(kb: KernelBuilder, base, off, stride: int, lanes: int):
@@ -241,26 +280,31 @@ def conv2d(g: Graph, nid: int) -> Kernel:
     if groups > 1 and cg == 1:  # depthwise: each output channel reads one input channel
         emit, scratch = _depthwise(x, w, bias, nid, (n, c, h, wd, o, kh, kw, ho, wo), geo)
         return Kernel(values, n, n * o * ho * wo * kh * kw / 24, emit, scratch, names=["conv2d"])
-    # one group's shifted planes at a time (zeroed once: every copy fills the same positions)
+    # one group's shifted planes at a time (zeroed once: every copy fills the same positions),
+    # of a chunk of images side by side when one image has fewer than CHUNK_OUTPUTS pixels
     rows = -(-((ho - 1) * sh + (kh - 1) * dh + 1) // sh) * sh
-    size = kw * cg * rows * wo
+    chunk = max(1, min(n, CHUNK_OUTPUTS // (ho * wo)))
+    size = kw * cg * rows * chunk * wo
 
     def emit(kb: KernelBuilder, lo, hi):
         zero_fill(kb, kb.scratch, size)
-        with kb.loop(lo, hi, name="n") as img:
-            src = kb.gep(kb.ptr(x), kb.mul(img, c * h * wd))
-            out = kb.gep(kb.ptr(nid), kb.mul(img, o * ho * wo))
 
-            def group(gr):  # input channels [gr*cg, +cg) -> output channels [gr*og, +og)
-                shifted_copy(kb, kb.gep(src, kb.mul(gr, cg * h * wd)), cg, h, wd, kb.scratch, rows, wo, kw,
-                             top, left, geo.stride, dw)
-                conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation,
-                          lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
-                          (kh * kw, kw, 1), og, kh, kw, kb.gep(out, kb.mul(gr, og * ho * wo)), ho, wo,
-                          kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None)
-            for_groups(kb, groups, group)
+        def copy(image, slot, gr):  # input channels [gr*cg, +cg) of an image
+            shifted_copy(kb, kb.gep(kb.ptr(x), kb.add(kb.mul(image, c * h * wd), kb.mul(gr, cg * h * wd))), cg,
+                         h, wd, kb.gep(kb.scratch, kb.mul(slot, wo)), rows, wo, kw, top, left, geo.stride, dw,
+                         pitch=chunk * wo)
 
-    return Kernel(values, n, n * o * ho * wo * cg * kh * kw / 24, emit, size * 4, names=["conv2d"])
+        def convolve(dst, gr):  # -> output channels [gr*og, +og)
+            conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation,
+                      lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
+                      (kh * kw, kw, 1), og, kh, kw, dst, ho, chunk * wo,
+                      kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None)
+        conv_chunks(kb, lo, hi, chunk, groups, copy, convolve,
+                    lambda image, gr: kb.gep(kb.ptr(nid), kb.add(kb.mul(image, o * ho * wo), kb.mul(gr, og * ho * wo))),
+                    kb.gep(kb.scratch, size), og, ho, wo)
+
+    scratch = size + (og * ho * chunk * wo if chunk > 1 else 0)
+    return Kernel(values, n, n * o * ho * wo * cg * kh * kw / 24, emit, scratch * 4, names=["conv2d"])
 
 
 def _depthwise(x, w, bias, nid, dims, geo):
@@ -318,31 +362,44 @@ def conv2d_grad_input(g: Graph, nid: int) -> Kernel:
     hb, wb = h + dh * (kh - 1), wd + dw * (kw - 1)
     top, left = dh * (kh - 1) - top, dw * (kw - 1) - left
     flipped = (kh - 1) * kw + kw - 1  # weight(c; o, a, b) = w[o, c, kh-1-a, kw-1-b]
-    depthwise = groups > 1 and og == 1 and cg == 1  # one channel plane, on a zero-bordered copy
-    size = og * hb * wb if depthwise else kw * og * hb * wd  # one group's channels at a time
+    cost = n * o * h * wd * cg * kh * kw / 24
+
+    def w0(kb, gr):  # weight(c; o, a, b) of group gr at c = o = a = b = 0
+        return kb.gep(kb.ptr(w), kb.add(kb.mul(gr, og * cg * kh * kw), flipped))
+
+    def out(kb, image, gr):  # input channels [gr*cg, +cg) of dx
+        return kb.gep(kb.ptr(nid), kb.add(kb.mul(image, c * h * wd), kb.mul(gr, cg * h * wd)))
+
+    if groups > 1 and og == 1 and cg == 1:  # depthwise: one channel plane, on a zero-bordered copy
+        def emit(kb: KernelBuilder, lo, hi):
+            zero_fill(kb, kb.scratch, hb * wb)  # every image fills the same positions
+            with kb.loop(lo, hi, name="n") as img:
+                def group(gr):
+                    copy_spread(kb, kb.gep(kb.ptr(dy), kb.add(kb.mul(img, o * ho * wo), kb.mul(gr, ho * wo))), 1,
+                                ho, wo, kb.scratch, hb, wb, top, left, geo.stride, zero=False)
+                    plane_conv(kb, kb.scratch, wb, (1, 1), geo.dilation, w0(kb, gr), (-kw, -1), kh, kw,
+                               out(kb, img, gr), h, wd)
+                for_groups(kb, groups, group)
+        return Kernel([dy, w, nid], n, cost, emit, hb * wb * 4, names=["conv2d_grad_input"])
+    chunk = max(1, min(n, CHUNK_OUTPUTS // (h * wd)))
+    size = kw * og * hb * chunk * wd  # one group's planes at a time
 
     def emit(kb: KernelBuilder, lo, hi):
         zero_fill(kb, kb.scratch, size)  # every image fills the same positions
-        with kb.loop(lo, hi, name="n") as img:
-            dy_img = kb.gep(kb.ptr(dy), kb.mul(img, o * ho * wo))
-            dst = kb.gep(kb.ptr(nid), kb.mul(img, c * h * wd))
 
-            def group(gr):  # output channels [gr*og, +og) -> input channels [gr*cg, +cg)
-                dy_group = kb.gep(dy_img, kb.mul(gr, og * ho * wo))
-                w0 = kb.gep(kb.ptr(w), kb.add(kb.mul(gr, og * cg * kh * kw), flipped))
-                if depthwise:
-                    copy_spread(kb, dy_group, og, ho, wo, kb.scratch, hb, wb, top, left, geo.stride, zero=False)
-                    plane_conv(kb, kb.scratch, wb, (1, 1), geo.dilation, w0, (-kw, -1), kh, kw,
-                               kb.gep(dst, kb.mul(gr, h * wd)), h, wd)
-                    return
-                shifted_copy(kb, dy_group, og, ho, wo, kb.scratch, hb, wd, kw, top, left,
-                             dilation_w=dw, spread=geo.stride)
-                conv_flat(kb, kb.scratch, og, hb, (1, 1), geo.dilation, lambda cc: kb.gep(w0, kb.mul(cc, kh * kw)),
-                          (cg * kh * kw, -kw, -1), cg, kh, kw, kb.gep(dst, kb.mul(gr, cg * h * wd)), h, wd)
-            for_groups(kb, groups, group)
+        def copy(image, slot, gr):  # output channels [gr*og, +og) of dy
+            shifted_copy(kb, kb.gep(kb.ptr(dy), kb.add(kb.mul(image, o * ho * wo), kb.mul(gr, og * ho * wo))), og,
+                         ho, wo, kb.gep(kb.scratch, kb.mul(slot, wd)), hb, wd, kw, top, left, dilation_w=dw,
+                         spread=geo.stride, pitch=chunk * wd)
 
-    return Kernel([dy, w, nid], n, n * o * h * wd * cg * kh * kw / 24, emit, size * 4,
-                  names=["conv2d_grad_input"])
+        def convolve(dst, gr):
+            conv_flat(kb, kb.scratch, og, hb, (1, 1), geo.dilation, lambda cc: kb.gep(w0(kb, gr), kb.mul(cc, kh * kw)),
+                      (cg * kh * kw, -kw, -1), cg, kh, kw, dst, h, chunk * wd)
+        conv_chunks(kb, lo, hi, chunk, groups, copy, convolve, lambda image, gr: out(kb, image, gr),
+                    kb.gep(kb.scratch, size), cg, h, wd)
+
+    scratch = size + (cg * h * chunk * wd if chunk > 1 else 0)
+    return Kernel([dy, w, nid], n, cost, emit, scratch * 4, names=["conv2d_grad_input"])
 
 
 @lowering("conv2d_grad_weight")
