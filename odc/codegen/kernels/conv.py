@@ -31,6 +31,10 @@ by the stride (the shifted planes are filled from it directly: dy[o, i, j] lands
 top' + i*sh, column left' + j*sw, with top' = dilation*(kernel-1) - pad), with the weight read
 flipped and with its two channel axes exchanged, group by group — an address pattern, not a
 copy (`plane_conv` on a spread, bordered copy for a depthwise convolution without multiplier).
+With a row stride sh > 1 the rows are not spread: the output rows of each phase y % sh read
+only the kernel rows whose spread row is one of dy's, so they are computed phase by phase
+(into the scratch, then copied to their rows) over planes of dy's own rows, spread along the
+columns only; half the multiply-adds of a stride of 2 then meet a zero, not three quarters.
 
 The gradient with respect to the weight is a sum over images and output pixels p of
 ``dy[n, o, p] * plane_b[n, c, a*dh % sh, p + (a*dh // sh)*wo]``, over the same shifted planes
@@ -139,17 +143,21 @@ def conv_tile(m: int, n: int) -> tuple[int, int]:
 
 
 def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row, w_steps, m, kh, kw,
-              dst, ho, pitch, bias=None) -> None:
+              dst, ho, pitch, bias=None, rows_of=None) -> None:
     """dst[o, p] = Σ_{c, a, b} weight(o; c, a, b) * planes[b, c, a*dh % sh, i + a*dh // sh, j]
     (+ bias[o]) for the pixels p = i*pitch + j of the images of a chunk, over `shifted_copy`'s
     planes, whose rows are `pitch` long; `weight_row(o)` points at weight(o; 0, 0, 0) and
     `w_steps` are the weight's element steps along c, a, b. A register tile covers `mr`
     channels × `nv` vectors of consecutive pixels, which may span several output rows (and
-    images): each (c, a, b) reads the planes at a constant offset."""
+    images): each (c, a, b) reads the planes at a constant offset. `rows_of` = [(a, plane row)]
+    replaces the kernel rows and the plane rows they read (rows for i = 0)."""
     (sh, _), (dh, _) = stride, dilation
     n, plane, hq = ho * pitch, rows * pitch, rows // sh
     mr, nv_max = conv_tile(m, n)
-    if sh == 1:
+    if rows_of is not None:
+        taps = [[(a * w_steps[1] + b * w_steps[2], row * pitch + b * cin * plane) for a, row in rows_of
+                 for b in range(kw)]]
+    elif sh == 1:
         taps = [(kh, w_steps[1], dh * pitch), (kw, w_steps[2], cin * plane)]
     else:  # kernel row a reads phase a*dh % sh
         taps = [[(a * w_steps[1] + b * w_steps[2], (a * dh % sh * hq + a * dh // sh) * pitch + b * cin * plane)
@@ -177,30 +185,38 @@ def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row
         col_tiles(kb, n, nv_max, lambda p0, nv, lanes: channel_blocks(lambda o0, nm: block(o0, nm, p0, nv, lanes)))
 
 
-def conv_chunks(kb: KernelBuilder, lo, hi, chunk, groups, copy, convolve, out, outputs, channels, ho, wo):
+def conv_chunks(kb: KernelBuilder, lo, hi, chunk, groups, copy, convolve, out, outputs, channels, ho, wo,
+                phases=1):
     """Images [lo, hi) in chunks of `chunk`, side by side in the planes (rows chunk*wo long),
     group by group: copy(image, slot, group) fills the planes of one image at the column
     offset slot*wo, then convolve(dst, group) computes the outputs of the chunk: of one image
     straight into out(image, group), of several into `outputs` (in the scratch), from where
-    each image's `channels` x ho x wo are copied to out(image, group)."""
+    each image's `channels` x ho x wo are copied to out(image, group). With `phases` > 1,
+    convolve(dst, group, r) computes the output rows r, r + phases, ... only (the input gradient
+    of a row stride), always into `outputs`, and they are copied to their rows."""
     with kb.loop(lo, hi, chunk, name="n") as n0:
         images = 1 if chunk == 1 else kb.smin(chunk, kb.b.sub(hi, n0))
 
         def group(gr):
             for_groups(kb, images, lambda k: copy(kb.add(n0, k), k, gr))
-            convolve(out(n0, gr) if chunk == 1 else outputs, gr)
-            if chunk == 1:
+            if chunk == 1 and phases == 1:
+                convolve(out(n0, gr), gr, 0)
                 return
+            for r in range(phases):
+                rows = len(range(r, ho, phases))
+                if not rows:
+                    continue
+                convolve(outputs, gr, r)
 
-            def copy_out(k):  # out[c, i, j] = outputs[c, i*pitch + k*wo + j]
-                dst = out(kb.add(n0, k), gr)
-                with kb.loop(0, channels) as c, kb.loop(0, ho) as i:
-                    row = kb.add(kb.mul(c, ho), i)
-                    s, d = kb.add(kb.mul(row, chunk * wo), kb.mul(k, wo)), kb.mul(row, wo)
-                    for j in range(0, wo, VW):
-                        mask = kb.tail_mask(min(VW, wo - j))
-                        kb.vstore(kb.vload(outputs, kb.add(s, j), mask=mask), dst, kb.add(d, j), mask=mask)
-            for_groups(kb, images, copy_out)
+                def copy_out(k):  # out[c, i*phases + r, j] = outputs[c, i*pitch + k*wo + j]
+                    dst = out(kb.add(n0, k), gr)
+                    with kb.loop(0, channels) as c, kb.loop(0, rows) as i:
+                        s = kb.add(kb.mul(kb.add(kb.mul(c, rows), i), chunk * wo), kb.mul(k, wo))
+                        d = kb.mul(kb.add(kb.mul(c, ho), kb.add(kb.mul(i, phases), r)), wo)
+                        for j in range(0, wo, VW):
+                            mask = kb.tail_mask(min(VW, wo - j))
+                            kb.vstore(kb.vload(outputs, kb.add(s, j), mask=mask), dst, kb.add(d, j), mask=mask)
+                for_groups(kb, images, copy_out)
         for_groups(kb, groups, group)
 
 
@@ -294,7 +310,7 @@ def conv2d(g: Graph, nid: int) -> Kernel:
                          h, wd, kb.gep(kb.scratch, kb.mul(slot, wo)), rows, wo, kw, top, left, geo.stride, dw,
                          pitch=chunk * wo)
 
-        def convolve(dst, gr):  # -> output channels [gr*og, +og)
+        def convolve(dst, gr, _):  # -> output channels [gr*og, +og)
             conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation,
                       lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
                       (kh * kw, kw, 1), og, kh, kw, dst, ho, chunk * wo,
@@ -382,23 +398,35 @@ def conv2d_grad_input(g: Graph, nid: int) -> Kernel:
                 for_groups(kb, groups, group)
         return Kernel([dy, w, nid], n, cost, emit, hb * wb * 4, names=["conv2d_grad_input"])
     chunk = max(1, min(n, CHUNK_OUTPUTS // (h * wd)))
-    size = kw * og * hb * chunk * wd  # one group's planes at a time
+    # a row stride sh: the output rows y = Y*sh + r of each phase r read only the kernel rows a
+    # with (r + a*dh - top) % sh == 0, at dy row Y + d, d = (r + a*dh - top) // sh; the planes
+    # hold dy's rows (from row -r0 on), spread along the columns only
+    sh = geo.stride[0]
+    reads = {r: [(a, (r + a * dh - top) // sh) for a in range(kh) if (r + a * dh - top) % sh == 0]
+             for r in range(sh)}
+    if sh == 1:
+        r0, hq = top, hb
+    else:
+        r0 = max([0] + [-d for taps in reads.values() for _, d in taps])
+        hq = max([1] + [len(range(r, h, sh)) + d + r0 for r, taps in reads.items() for _, d in taps])
+    size = kw * og * hq * chunk * wd  # one group's planes at a time
 
     def emit(kb: KernelBuilder, lo, hi):
         zero_fill(kb, kb.scratch, size)  # every image fills the same positions
 
         def copy(image, slot, gr):  # output channels [gr*og, +og) of dy
             shifted_copy(kb, kb.gep(kb.ptr(dy), kb.add(kb.mul(image, o * ho * wo), kb.mul(gr, og * ho * wo))), og,
-                         ho, wo, kb.gep(kb.scratch, kb.mul(slot, wd)), hb, wd, kw, top, left, dilation_w=dw,
-                         spread=geo.stride, pitch=chunk * wd)
+                         ho, wo, kb.gep(kb.scratch, kb.mul(slot, wd)), hq, wd, kw, r0, left, dilation_w=dw,
+                         spread=(1, geo.stride[1]), pitch=chunk * wd)
 
-        def convolve(dst, gr):
-            conv_flat(kb, kb.scratch, og, hb, (1, 1), geo.dilation, lambda cc: kb.gep(w0(kb, gr), kb.mul(cc, kh * kw)),
-                      (cg * kh * kw, -kw, -1), cg, kh, kw, dst, h, chunk * wd)
+        def convolve(dst, gr, r):
+            conv_flat(kb, kb.scratch, og, hq, (1, 1), geo.dilation, lambda cc: kb.gep(w0(kb, gr), kb.mul(cc, kh * kw)),
+                      (cg * kh * kw, -kw, -1), cg, kh, kw, dst, len(range(r, h, sh)), chunk * wd,
+                      rows_of=[(a, d + r0) for a, d in reads[r]] if sh > 1 else None)
         conv_chunks(kb, lo, hi, chunk, groups, copy, convolve, lambda image, gr: out(kb, image, gr),
-                    kb.gep(kb.scratch, size), cg, h, wd)
+                    kb.gep(kb.scratch, size), cg, h, wd, phases=sh)
 
-    scratch = size + (cg * h * chunk * wd if chunk > 1 else 0)
+    scratch = size + (cg * -(-h // sh) * chunk * wd if chunk > 1 or sh > 1 else 0)
     return Kernel([dy, w, nid], n, cost, emit, scratch * 4, names=["conv2d_grad_input"])
 
 
