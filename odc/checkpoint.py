@@ -43,7 +43,9 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from odc import schedules
 from odc.errors import OdcError
+from odc.frontend.recipe import EARLY_STOP_METRICS
 from odc.ir.passes.autodiff import LOSSES
 from odc.ir.passes.optimizer import hyper_parameters
 from odc.version import __version__
@@ -242,6 +244,46 @@ def _names(v, name: str) -> list[str]:
     return v
 
 
+def _check_schedule(spec, name: str) -> None:
+    _need(isinstance(spec, dict) and spec.get("name") in schedules.SCHEDULES, name,
+          f"a schedule: {{\"name\": one of {', '.join(schedules.SCHEDULES)}, its arguments}}")
+    kind = spec["name"]
+    _need(set(spec) == {"name", *schedules.SCHEDULES[kind]}, name, f"{kind}'s arguments, each once")
+    for key, value in spec.items():
+        if key == "then" and value is not None:
+            _check_schedule(value, f"{name}.then")
+        elif key != "name":
+            problem = schedules.invalid(kind, key, value)
+            _need(problem is None, f"{name}.{key}", problem)
+
+
+def _check_options(recipe: dict) -> None:
+    """The train-block keys a recipe may hold besides the required ones, each as the front end
+    writes it (augment and normalize are checked against the model when it is compiled)."""
+    if "valid" in recipe:
+        v = recipe["valid"]
+        _need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, "recipe.valid",
+              "a fraction between 0 and 1")
+    if recipe.get("schedule") is not None:
+        _check_schedule(recipe["schedule"], "recipe.schedule")
+    if recipe.get("accumulate") is not None:
+        _need(_is_int(recipe["accumulate"], 1), "recipe.accumulate", "an integer >= 1")
+    if recipe.get("clip_grad_norm") is not None:
+        v = recipe["clip_grad_norm"]
+        _need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf,
+              "recipe.clip_grad_norm", "a number > 0")
+    stop = recipe.get("early_stop")
+    if stop is not None:
+        _need(isinstance(stop, dict) and set(stop) == {"patience", "metric"} and _is_int(stop["patience"], 1)
+              and stop["metric"] in EARLY_STOP_METRICS, "recipe.early_stop",
+              f'{{"patience": an integer >= 1, "metric": one of {", ".join(EARLY_STOP_METRICS)}}}')
+    augment = recipe.get("augment")
+    _need(augment is None or isinstance(augment, list) and all(isinstance(a, dict) for a in augment),
+          "recipe.augment", "a JSON array of augmentations (objects)")
+    _need(recipe.get("normalize") is None or isinstance(recipe["normalize"], dict), "recipe.normalize",
+          "a JSON object")
+
+
 def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray]) -> Checkpoint:
     """The Checkpoint that `meta` and `tensors` describe, each field checked against the schema the
     training loop writes: an OdcError naming the file and the first field that does not fit."""
@@ -265,7 +307,8 @@ def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray
         data = recipe["data"]
         _need(data is None or isinstance(data, list) and data and all(isinstance(s, str) for s in data),
               "recipe.data", 'null or a data set as a list of strings, e.g. ["emnist", "balanced"]')
-        _need(recipe["loss"] in LOSSES, "recipe.loss", f"one of {', '.join(LOSSES)}")
+        _need(isinstance(recipe["loss"], str) and recipe["loss"] in LOSSES, "recipe.loss",
+              f"one of {', '.join(LOSSES)}")
         _need(isinstance(recipe["optimizer"], dict), "recipe.optimizer", "a JSON object")
         try:
             hyper_parameters(recipe["optimizer"])
@@ -273,6 +316,7 @@ def _check_metadata(p: Path, meta: dict[str, str], tensors: dict[str, np.ndarray
             raise _Bad("recipe.optimizer", f"a valid optimizer ({e})") from None
         for key, lo in (("epochs", 1), ("batch", 1), ("seed", 0)):
             _need(_is_int(recipe[key], lo), f"recipe.{key}", f"an integer >= {lo}")
+        _check_options(recipe)
         classes = _names(entry("classes", list), "classes")
         epoch = entry("epoch", str)
         _need(re.fullmatch(r"[0-9]{1,9}", epoch), "epoch", "a number of epochs >= 0")
