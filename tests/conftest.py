@@ -16,3 +16,11 @@ def torch():
         pytest.fail("torch is not installed: pip install torch==2.13.0 (a test dependency)")
     torch.set_num_threads(1)
     return torch
+
+
+@pytest.fixture(params=["compiled", "interpreter"])
+def executor(request):
+    """What compiles a model's graphs: the generated code (None, the default) or the numpy
+    interpreter (the oracle of the kernel tests); a test that takes it runs on both."""
+    from odc.ir import interp
+    return None if request.param == "compiled" else interp.compile_graph

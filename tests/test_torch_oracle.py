@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import odc
-from odc.ir import interp
 from tests.oracle import rel_err
 
 LENET = """
@@ -87,12 +86,6 @@ def norm(F, p, x, stats=(None, None), training=True):
 MODELS = {"lenet5": (LENET, lenet, (1, 28, 28), 47), "strided": (STRIDED, strided, (3, 11, 11), 7),
           "explicit": (EXPLICIT, explicit, (1, 6, 6), 5), "norm": (NORM, norm, (2, 9, 9), 6)}
 
-
-@pytest.fixture(params=["compiled", "interpreter"])
-def executor(request):
-    """Every oracle test runs on the compiled code (the default) and on the numpy interpreter
-    (the oracle of the kernel tests)."""
-    return None if request.param == "compiled" else interp.compile_graph
 
 
 def load(tmp_path, executor, name, loss="cross_entropy", optimizer=None):

@@ -233,10 +233,6 @@ def torch_state(net):
     return {k: v.detach().numpy() for k, v in net.state_dict().items() if "running" in k}
 
 
-@pytest.fixture(params=["compiled", "interpreter"])
-def executor(request):
-    return None if request.param == "compiled" else odc.ir.interp.compile_graph
-
 
 def norms_model(tmp_path, executor=None):
     """The model, trained by hand here on made-up data."""

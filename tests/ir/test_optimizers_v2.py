@@ -73,9 +73,17 @@ CASES = {  # the train block's optimizer, and its twin: torch.optim (from torch,
 }
 
 
-@pytest.fixture(params=["compiled", "interpreter"])
-def executor(request):
-    return None if request.param == "compiled" else interp.compile_graph
+def tiny(tmp_path, optimizer: str, executor=None):
+    """The tiny model with `optimizer` (and any train-block lines after it), compiled, and
+    torch copies of its parameters that need gradients."""
+    path = tmp_path / "tiny.od"
+    path.write_text(MODEL.format(optimizer=optimizer))
+    return odc.load(path).compile(executor=executor, seed=3)
+
+
+def torch_params(torch, model) -> dict:
+    return {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+
 
 
 def rel_err(a, b):
@@ -86,11 +94,9 @@ def rel_err(a, b):
 @pytest.mark.parametrize("case", CASES)
 def test_six_steps_equal_torch_optim(torch, tmp_path, executor, case):
     text, make = CASES[case]
-    path = tmp_path / "tiny.od"
-    path.write_text(MODEL.format(optimizer=text))
-    model = odc.load(path).compile(executor=executor, seed=3)
+    model = tiny(tmp_path, text, executor)
     F = torch.nn.functional
-    p = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+    p = torch_params(torch, model)
     opt = make(torch, list(p.values()))
     numpy_params = {k: v.astype(np.float64) for k, v in model.params.items()}
     is_torch = isinstance(opt, torch.optim.Optimizer)

@@ -11,7 +11,7 @@ import odc
 from odc.errors import CompileError
 from odc.frontend import parse_source
 from odc.ir import interp
-from tests.ir.test_optimizers_v2 import MODEL, rel_err, twin
+from tests.ir.test_optimizers_v2 import MODEL, rel_err, tiny, torch_params, twin
 
 LRS = [0.05, 0.02, 0.1, 0.07, 0.01, 0.04]  # a different rate at each step
 
@@ -35,19 +35,12 @@ CASES = {  # train-block lines after `optimizer =`, the torch optimizer, k, max 
 }
 
 
-@pytest.fixture(params=["compiled", "interpreter"])
-def executor(request):
-    return None if request.param == "compiled" else interp.compile_graph
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_six_steps_equal_the_torch_loop(torch, tmp_path, executor, case):
     text, make, k, max_norm, rates = CASES[case]
-    path = tmp_path / "tiny.od"
-    path.write_text(MODEL.format(optimizer=text))
-    model = odc.load(path).compile(executor=executor, seed=3)
+    model = tiny(tmp_path, text, executor)
     F = torch.nn.functional
-    p = {name: torch.tensor(v.copy(), requires_grad=True) for name, v in model.params.items()}
+    p = torch_params(torch, model)
     opt = make(torch, list(p.values()))
     rng = np.random.default_rng(1)
     losses, expected, updates = [], [], 0

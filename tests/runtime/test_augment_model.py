@@ -9,7 +9,6 @@ import pytest
 
 from odc.errors import CompileError, OdcError
 from odc.frontend import parse_source
-from odc.ir import interp
 from odc.ir.ops import augment
 from odc.program import Program
 from odc.runtime.train import batch_of
@@ -107,7 +106,6 @@ def test_batch_of_gives_each_model_what_it_takes():
 
 
 @pytest.mark.parametrize("mix", ["mixup(0.4)", "cutmix(1.0)"])
-@pytest.mark.parametrize("executor", ["compiled", "interpreter"])
 def test_mixup_and_cutmix_train_as_pytorch_on_torchvisions_mixed_batch(torch, mix, executor):
     """One train step against PyTorch: the batch mixed with itself rolled by one (as
     torchvision.transforms.v2's MixUp and CutMix, with the weight odc drew: lam, or the box),
@@ -116,7 +114,7 @@ def test_mixup_and_cutmix_train_as_pytorch_on_torchvisions_mixed_batch(torch, mi
     F = torch.nn.functional
     lines = f"    augment = [hflip(0), {mix}]\n    normalize = normalize(mean={MEAN}, std={STD})\n" \
             "    loss = cross_entropy(label_smoothing=0.1)\n"
-    model = program(lines).compile(executor=None if executor == "compiled" else interp.compile_graph, seed=1)
+    model = program(lines).compile(executor=executor, seed=1)
     x, y = images(6, seed=4), np.array([0, 3, 3, 7, 9, 1])
     p = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
     replay = np.random.default_rng()
