@@ -384,12 +384,14 @@ def _option_value(text: str):
 
 
 def _register_bench(sub):
-    p = sub.add_parser("bench", help="compile times and throughput of a model's compiled code",
+    p = sub.add_parser("bench", help="compile times, throughput and memory of a model's compiled code",
                        description="Compile the model's training step and forward pass for each batch "
                                    "size in a throwaway JIT cache, twice: cold (empty cache: every pass, "
                                    "LLVM and code emission) and cached (a cache hit). Then time "
                                    "Model.train_step and Model.forward on random data: median of --reps "
-                                   "calls after 3 warm-up calls, as samples per second.")
+                                   "calls after 3 warm-up calls, as samples per second; with the training "
+                                   "step's arena (planned values and scratch) and the process's peak "
+                                   "resident set while the steps ran.")
     p.add_argument("file", metavar="FILE", help="the .od file")
     p.add_argument("--model", metavar="NAME", help="the model to measure when FILE has several")
     p.add_argument("--batch", metavar="N", nargs="+", default=[32, 256], type=_count("batch", "a batch size"),
@@ -400,7 +402,9 @@ def _register_bench(sub):
     p.add_argument("--reps", metavar="N", type=_number(int, lambda n: n >= 1, "a count >= 1"), default=20,
                    help="timed calls per measurement (default 20)")
     p.add_argument("--profile", action="store_true",
-                   help="also time each kernel of the training step (compiled with ODC_PROFILE=1)")
+                   help="also time each kernel of the training step (compiled with ODC_PROFILE=1), with its "
+                        "useful GFLOP/s and share of the machine's fp32 peak (measured once, kept in "
+                        "$ODC_CACHE_DIR/peak.json), and the time per kind of kernel")
     p.set_defaults(func=_bench)
 
 
@@ -412,34 +416,56 @@ def _bench(a):
     from odc.codegen.builder import VW
     prog = odc.load(a.file, model=a.model)
     threads = num_threads(a.threads)
-    count = f"{threads} thread{'s' * (threads > 1)}"
+    count = some = f"{threads} thread{'s' * (threads > 1)}"
     if a.threads is None and choice.fixed() is None and threads > 1:  # the default: see odc.codegen.threads
         count = f"up to {count}, chosen call by call (1 while other processes keep the cores busy)"
     print(f"{prog.name} ({a.file}): {count}, {jit.target()[0]} "
           f"({VW * 32}-bit vectors), median of {a.reps} calls")
-    head = f"{'batch':>5}  {'compile cold':>12}  {'cached':>8}  {'train step':>22}  {'inference':>22}"
+    peak = bench.peak() if a.profile else None  # outside the throwaway cache: kept for the next run
+    head = (f"{'batch':>5}  {'compile cold':>12}  {'cached':>8}  {'train step':>22}  {'inference':>22}  "
+            f"{'arena':>9}  {'peak RSS':>9}")
     print(head + "\n" + "-" * len(head))
     profiles = []
     for batch in a.batch:
         with bench.private_cache():
             cold, cached = bench.compile_seconds(prog, batch, a.threads)
-            t = {k: median(v) for k, v in bench.throughput(prog, batch, a.reps, a.threads).items()}
+            t = bench.throughput(prog, batch, a.reps, a.threads)
             if a.profile:
                 profiles.append((batch, bench.kernel_profile(prog, batch, a.reps, threads=a.threads)))
         print(f"{batch:>5}  {cold:>10.2f} s  {cached:>6.3f} s  "
-              + "  ".join(f"{t[k] * 1e3:8.3f} ms {batch / t[k]:>8,.0f}/s" for k in ("train", "forward")))
+              + "  ".join(f"{median(s) * 1e3:8.3f} ms {batch / median(s):>8,.0f}/s" for s in (t.train, t.forward))
+              + f"  {t.arena_bytes / 1e6:>6.1f} MB  {t.peak_rss / 1e6:>6.1f} MB")
+    if peak is not None:
+        print(f"\nfp32 peak: {peak.one / 1e9:.0f} GFLOP/s on 1 thread, {peak.all / 1e9:.0f} on {peak.cpus} "
+              f"(measured {peak.measured}, kept in {bench.peak_file()}); % peak is of "
+              f"{peak.at(threads) / 1e9:.0f} GFLOP/s, the peak of {some}")
     for batch, prof in profiles:
-        share = bench.input_share(prof)
-        total, drawing = prof.pop("total"), prof.pop("drawing")
-        print(f"\nbatch {batch}, training step: {total * 1e3:.3f} ms per call, and {drawing * 1e3:.3f} ms to draw its "
-              f"random inputs; the image input (conversion, augmentation, normalize) takes {share / total:.1%} "
-              f"of the step, drawing included; median per kernel:")
-        for name, sec in prof.items():
-            if sec >= 0.01 * total:
-                name = name if len(name) <= 40 else name[:39] + "…"  # a fused kernel is named after its ops
-                print(f"  {name:<40} {sec * 1e3:8.3f} ms  {sec / total:6.1%}")
-        rest = [s for s in prof.values() if s < 0.01 * total]
-        print(f"  {f'{len(rest)} other kernels':<40} {sum(rest) * 1e3:8.3f} ms  {sum(rest) / total:6.1%}")
+        _print_profile(batch, prof, peak.at(threads))
+
+
+def _print_profile(batch: int, prof, peak: float) -> None:
+    """A kernel profile: the kernels above 1 % of the step, then the time per kind of kernel."""
+    total = prof.total
+    print(f"\nbatch {batch}, training step: {total * 1e3:.3f} ms per call, and {prof.drawing * 1e3:.3f} ms to "
+          f"draw its random inputs; the image input (conversion, augmentation, normalize) takes "
+          f"{prof.input_seconds() / total:.1%} of the step, drawing included; median per kernel:")
+
+    def row(name, sec, fl):
+        rate = f"{fl / sec / 1e9:8.1f} GFLOP/s {fl / sec / peak:6.1%}" if fl and sec else ""
+        return f"  {name:<40} {sec * 1e3:8.3f} ms  {sec / total:6.1%}  {rate}".rstrip()
+    print(f"  {'kernel':<40} {'time':>11}  {'share':>6}  {'useful rate':>15} {'% peak':>6}")
+    rest = []
+    for name, (sec, fl) in prof.kernels.items():
+        if sec >= 0.01 * total:
+            print(row(name if len(name) <= 40 else name[:39] + "…", sec, fl))  # named after its fused ops
+        else:
+            rest.append((sec, fl))
+    print(row(f"{len(rest)} other kernels", sum(s for s, _ in rest), sum(f for _, f in rest)))
+    outside = total - sum(s for s, _ in prof.kernels.values())
+    print(f"  {'(outside the kernels)':<40} {outside * 1e3:8.3f} ms  {outside / total:6.1%}")
+    print(f"\n  {'kernels by first op':<40} {'time':>11}  {'share':>6}  {'useful rate':>15} {'% peak':>6}")
+    for op, (count, sec, fl) in prof.by_op().items():
+        print(row(f"{op} ({count})", sec, fl))
 
 
 def _register_cache(sub):

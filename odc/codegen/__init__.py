@@ -115,7 +115,9 @@ class Executable:
             self._outs.append((name, dt, tuple(shape), offset))
             offset += -(-int(np.prod(shape, dtype=np.int64)) * dt.itemsize // 64) * 64
         self._out_bytes = offset
-        self._arena = _aligned(layout.arena_bytes + layout.scratch_bytes * self.num_threads)
+        # the arena: the planned values, then a scratch area per thread
+        self.memory_bytes = layout.arena_bytes + layout.scratch_bytes * self.num_threads
+        self._arena = _aligned(self.memory_bytes)
         self._status = np.zeros(1, np.int32)
         self._bufs = (ctypes.c_void_p * (2 + len(layout.args) + len(layout.outputs)))()
         self._bufs[0] = self._arena.ctypes.data

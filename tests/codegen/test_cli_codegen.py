@@ -90,20 +90,31 @@ def test_text_dump_with_a_batch_shows_the_memory_plan(capsys):
     assert "f32[N, " in symbolic and "arena=" not in symbolic
 
 
-def test_bench_prints_compile_times_throughput_and_a_profile(capsys, monkeypatch):
+def test_bench_prints_compile_times_throughput_memory_and_a_profile(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("ODC_NUM_THREADS", "2")
+    monkeypatch.setenv("ODC_CACHE_DIR", str(tmp_path))  # where the measured peak is kept
     out = odc_cli(capsys, "bench", MLP, "--batch", "5", "--threads", "1", "--reps", "3", "--profile")
     assert out.startswith("MLP (") and ": 1 thread, " in out and "median of 3 calls" in out
     assert "compile cold" in out and "cached" in out and "train step" in out and "inference" in out
-    row = re.search(r"^\s+5\s+([\d.]+) s\s+([\d.]+) s\s+([\d.]+) ms\s+([\d,]+)/s\s+([\d.]+) ms\s+([\d,]+)/s$",
-                    out, re.M)
+    row = re.search(r"^\s+5\s+([\d.]+) s\s+([\d.]+) s\s+([\d.]+) ms\s+([\d,]+)/s\s+([\d.]+) ms\s+([\d,]+)/s"
+                    r"\s+([\d.]+) MB\s+([\d.]+) MB$", out, re.M)
     assert row, out
-    cold, cached, train_ms, train_rate, fwd_ms, fwd_rate = (float(v.replace(",", "")) for v in row.groups())
+    cold, cached, train_ms, train_rate, fwd_ms, fwd_rate, arena, rss = (float(v.replace(",", "")) for v in row.groups())
     assert cached < cold
     for ms, rate in ((train_ms, train_rate), (fwd_ms, fwd_rate)):  # ms is printed to 3 decimals
         assert 5 / ((ms + 0.0005) / 1e3) - 1 <= rate <= 5 / ((ms - 0.0005) / 1e3) + 1
+    assert arena < rss  # the process holds the arena (tests/runtime/test_bench.py checks its size)
     assert re.search(r"batch 5, training step: [\d.]+ ms per call", out)
-    assert re.search(r"^  k\d+\.linear\S* +[\d.]+ ms +[\d.]+%$", out, re.M), out
+    peak = json.loads((tmp_path / "peak.json").read_text())
+    one = next(iter(peak.values()))["one"] / 1e9
+    assert re.search(rf"% peak is of {one:.0f} GFLOP/s, the peak of 1 thread$", out, re.M), out
+    kernels = re.findall(r"^  k\d+\.linear\S* +([\d.]+) ms +[\d.]+%(?: +([\d.]+) GFLOP/s +([\d.]+)%)?$", out, re.M)
+    assert kernels, out
+    for _, rate, share in kernels:  # each share of the peak is the kernel's rate over it
+        if rate:
+            assert float(share) == pytest.approx(float(rate) / one * 100, abs=0.1)
+    summary = out.split("kernels by first op")[1]
+    assert re.search(r"^  linear \(3\) +[\d.]+ ms", summary, re.M), out
     assert os.environ["ODC_NUM_THREADS"] == "2"  # --threads leaves the environment alone
 
 
