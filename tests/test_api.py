@@ -83,13 +83,14 @@ def test_ir_after_each_pass(small):
                        "// after inference", "func @Small(", "// after train-mode", "func @Small(",
                        "// after autodiff", "func @Small(",
                        "// after optimizer", "func @Small.train_step(",
+                       "// after cse", "func @Small.train_step(",
                        "// after fuse", "func @Small.train_step(",
                        "// after plan-memory", "func @Small.train_step("]
     assert dumps.split("// after ")[5] == "inference\n" + prog.ir(after="inference")
     assert dumps.split("// after ")[6] == "train-mode\n" + prog.ir(after="train-mode")
     assert "dropout1.mask" in prog.ir(after="train-mode") and "cross_entropy(" not in prog.ir(after="train-mode")
     assert dumps.split("// after ")[8] == "optimizer\n" + prog.ir(after="optimizer")
-    assert dumps.split("// after ")[10] == "plan-memory\n" + prog.ir()
+    assert dumps.split("// after ")[11] == "plan-memory\n" + prog.ir()
     assert prog.ir(format="dot").startswith('digraph "Small.train_step" {')
     with pytest.raises(odc.OdcError, match="no pass named 'fusion'"):
         prog.ir(after="fusion")

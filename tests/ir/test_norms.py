@@ -13,6 +13,7 @@ from odc.errors import CompileError
 from odc.frontend import parse_source
 from odc.ir import interp, ops, passes
 from odc.ir.graph import Graph, TensorType
+from odc.ir.passes.autodiff import backprop
 from test_vjp import check_vjp
 from tests.oracle import rel_err
 
@@ -144,7 +145,49 @@ def test_layernorm_vjp(shape, attrs):
     check_vjp("layernorm", [x, gamma, beta], attrs, symbolic=(0,) if len(shape) > 1 else ())
 
 
+def test_training_form_gradient_is_the_batch_norms(torch):
+    """batchnorm_train(x, gamma, beta, batchnorm_stats(x)), the train-mode pass's form: its
+    gradients (through the statistics too) against finite differences, and its output against
+    torch.nn's train mode."""
+    x, gamma, beta = (a.astype(np.float64) for a in randn(9, (3, 4, 2, 5), (4,), (4,), scale=2.0, shift=0.5))
+    g = Graph("train-form")
+    ids = [g.add("input", type=TensorType("f64", a.shape), name=name) for a, name in ((x, "x"), (gamma, "g"), (beta, "b"))]
+    e = ops.Emit(g)
+    y = e("batchnorm_train", *ids, e("batchnorm_stats", ids[0]), eps=0.01)
+    cot = np.random.default_rng(1).standard_normal(x.shape)
+    loss = e("sum", e("mul", y, g.add("input", type=g.type(y), name="cot")))
+    grads = backprop(g, loss, ids)
+    g.outputs = [("y", y), ("loss", loss)] + [(f"d{i}", grads[i]) for i in ids]
+    feeds = {"x": x, "g": gamma, "b": beta, "cot": cot}
+    out = interp.run(g, feeds, np.float64)
+    layer = torch.nn.BatchNorm2d(4, eps=0.01).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(gamma))
+        layer.bias.copy_(torch.tensor(beta))
+    assert rel_err(out["y"], layer.train()(torch.tensor(x)).detach().numpy()) <= 1e-12
+    for i, (name, a) in zip(ids, (("x", x), ("g", gamma), ("b", beta))):
+        fd = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            moved = []
+            for sign in (1, -1):
+                b = a.copy()
+                b[idx] += sign * 1e-6
+                moved.append(interp.run(g, {**feeds, name: b}, np.float64)["loss"])
+            fd[idx] = (moved[0] - moved[1]) / 2e-6
+        np.testing.assert_allclose(out[f"d{i}"], fd, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 # -- compiled kernels against the references --------------------------------------------------
+def training_form(x, gamma, beta, attrs, seed):
+    """The kernels of a batch norm's training step (the train-mode pass's form and the gradient's
+    sums) on x: batchnorm_stats, batchnorm_train and batchnorm_grad_sums cases."""
+    stats = ops.evaluate("batchnorm_stats", [x.astype(np.float64)], {}).astype(np.float32)
+    (dy,) = randn(seed, x.shape)
+    eps = {k: v for k, v in attrs.items() if k == "eps"}
+    return [("batchnorm_stats", [x], {}), ("batchnorm_train", [x, gamma, beta, stats], eps),
+            ("batchnorm_grad_sums", [dy, x, stats], {})]
+
+
 def compile_cases(cases, threads):
     g = Graph("cases")
     feeds = {}
@@ -158,7 +201,7 @@ def compile_cases(cases, threads):
     return codegen.compile_graph(planned, threads=threads)(feeds)
 
 
-# feature counts below, at and above one and two vectors of 8 or 16 lanes, and blocks of 4 vectors
+# feature counts below, at and above one and two vectors of 8 or 16 lanes
 FEATURES = [1, 5, 7, 8, 13, 16, 17, 33, 37, 64, 67, 100, 129]
 
 
@@ -168,19 +211,19 @@ def test_kernels_match_the_references(threads):
     for k, f in enumerate(FEATURES):
         n = (2, 3, 9, 1)[k % 4] if f != 1 else 2
         x, gamma, beta = randn(10 + k, (n, f), (f,), (f,), scale=3.0, shift=1.5)
-        cases.append(("batchnorm1d", [x, gamma, beta], {"eps": 1e-3} if k % 2 else {}))
+        cases += training_form(x, gamma, beta, {"eps": 1e-3} if k % 2 else {}, 80 + k)
         cases.append(("layernorm", [x, gamma, beta], {"eps": 0.2} if k % 3 == 0 else {}))
         x3, g3 = randn(30 + k, (3, 5, f), (f,))
         cases.append(("layernorm", [x3, g3, beta], {}))
         c = 1 + k % 4
         x3, gc, bc = randn(50 + k, (2 + k % 3, c, f), (c,), (c,), shift=-2.0)
-        cases.append(("batchnorm1d", [x3, gc, bc], {}))
+        cases += training_form(x3, gc, bc, {}, 90 + k)
     x4, g4, b4 = randn(7, (3, 5, 7, 9), (5,), (5,), scale=2.0)
-    cases.append(("batchnorm2d", [x4, g4, b4], {"eps": 1e-3, "momentum": 0.3}))
+    cases += training_form(x4, g4, b4, {"eps": 1e-3, "momentum": 0.3}, 7)
     cases.append(("layernorm", [x4, *randn(8, (9,), (9,))], {}))
     for k, shape in enumerate([(2000, 37), (500, 133)]):  # bigger: split among threads
         rows = randn(60 + k, shape, shape[1:], shape[1:], shift=4.0)
-        cases += [("batchnorm1d", rows, {}), ("layernorm", rows, {})]
+        cases += [*training_form(*rows, {}, 70 + k), ("layernorm", rows, {})]
     out = compile_cases(cases, threads)
     for i, (op, arrays, attrs) in enumerate(cases):
         ref = ops.evaluate(op, [a.astype(np.float64) for a in arrays], attrs)  # exact, to f32's rounding

@@ -1,5 +1,6 @@
 """Reductions and normalisations: sum/mean/max, softmax, log_softmax, cross_entropy, mse,
-batchnorm1d, batchnorm2d, layernorm.
+batchnorm1d, batchnorm2d, the per-channel sums of their training step (batchnorm_stats,
+batchnorm_grad_sums), layernorm.
 
 `sum`/`mean`/`max` walk the input once in memory order, folding each element into its
 output slot: the input's dims are collapsed into alternating runs of kept and reduced dims,
@@ -210,117 +211,121 @@ def mse(g: Graph, nid: int) -> Kernel:
     return Kernel([a, y, nid], 1, n, emit, names=["mse"])
 
 
-def _batchnorm_channels(g: Graph, nid: int) -> Kernel:
-    """[N, C, ...] per channel (in parallel): mean and variance of the batch in double precision,
-    then (x - mean) / sqrt(var + eps) * gamma + beta."""
-    node = g.node(nid)
-    x, gamma, beta = node.args
-    n, c, *rest = node.type.shape
-    hw = prod(rest)
-    count = n * hw
-    eps = norm.eps(node.attrs)
+def _channel_vectors(kb: KernelBuilder, n: int, c: int, hw: int, ch, body) -> None:
+    """Calls ``body(index, mask)`` for the vectors covering channel `ch` of a [n, c, hw]
+    tensor: hw contiguous elements per example, the last vector of each masked if hw is not a
+    multiple of the vector width (mask None: whole)."""
+    with kb.loop(0, n) as i:
+        base = kb.mul(kb.add(kb.mul(i, c), ch), hw)
+        row_vectors(kb, hw, lambda off, mask: body(kb.add(base, off), mask))
+
+
+def _channel_layout(g: Graph, x: int) -> tuple[int, int, int]:
+    n, c, *rest = g.type(x).shape
+    return n, c, prod(rest)
+
+
+def _channel_pair(g: Graph, nid: int, x: int, values) -> Kernel:
+    """The kernel of a [2, C] result over the channels of `x` ([N, C, ...]), channel by channel
+    (in parallel): ``values(kb, ch, over)`` gives channel ch's two doubles, where ``over(body)``
+    calls ``body(index, mask)`` for the vectors covering the channel (`_channel_vectors`)."""
+    n, c, hw = _channel_layout(g, x)
 
     def emit(kb: KernelBuilder, lo, hi):
-        b = kb.b
         with kb.loop(lo, hi) as ch:
-            def over(fn):
-                with kb.loop(0, n) as i:
-                    base = kb.mul(kb.add(kb.mul(i, c), ch), hw)
-                    with kb.loop(0, hw) as p:
-                        fn(kb.add(base, p))
+            pair = values(kb, ch, lambda body: _channel_vectors(kb, n, c, hw, ch, body))
+            for k, v in enumerate(pair):
+                kb.store(kb.b.fptrunc(v, F32), kb.ptr(nid), kb.add(ch, k * c))
 
-            s = kb.var(F64, ir.Constant(F64, 0.0), "s")
-            over(lambda o: kb.set(s, b.fadd(kb.get(s), b.fpext(kb.load(kb.ptr(x), o), F64), flags=REASSOC)))
-            mean64 = b.fdiv(kb.get(s), ir.Constant(F64, float(count)))
-            v = kb.var(F64, ir.Constant(F64, 0.0), "v")
-
-            def sq(o):
-                d = b.fsub(b.fpext(kb.load(kb.ptr(x), o), F64), mean64)
-                kb.set(v, b.fadd(kb.get(v), b.fmul(d, d), flags=REASSOC))
-            over(sq)
-            mean = b.fptrunc(mean64, F32)
-            var = b.fptrunc(b.fdiv(kb.get(v), ir.Constant(F64, float(count))), F32)
-            den = kb.unary_math("sqrt", b.fadd(var, kb.const(eps)))
-            gm, bt = kb.load(kb.ptr(gamma), ch), kb.load(kb.ptr(beta), ch)
-            over(lambda o: kb.store(
-                b.fadd(b.fmul(b.fdiv(b.fsub(kb.load(kb.ptr(x), o), mean), den), gm), bt), kb.ptr(nid), o))
-
-    return Kernel([x, gamma, beta, nid], c, node.type.numel * 3, emit, names=[node.op])
+    return Kernel([*g.node(nid).args, nid], c, g.type(x).numel * 2, emit, names=[g.node(nid).op])
 
 
-BN_VECTORS = 4  # vectors of features per block of the [N, F] batch norm: 4 cache lines per row
+V64 = vec(VW, F64)
+ZERO64 = ir.Constant(V64, 0.0)
 
 
-def _batchnorm_features(g: Graph, nid: int) -> Kernel:
-    """[N, F]: blocks of up to `BN_VECTORS` vectors of features (in parallel), each walking the
-    rows with contiguous vector loads (a masked one for the last features); mean and variance
-    of the batch in double precision, then (x - mean) * (gamma / sqrt(var + eps)) + beta."""
-    node = g.node(nid)
-    x, gamma, beta = node.args
-    n, f = node.type.shape
-    eps = norm.eps(node.attrs)
-    v64, vt = vec(VW, F64), vec(VW)
+@lowering("batchnorm_stats")
+def batchnorm_stats(g: Graph, nid: int) -> Kernel:
+    """Channel by channel (in parallel): the mean, then the mean squared deviation from it (two
+    passes, the second over data still in cache: no cancellation), in vectors of doubles."""
+    (x,) = g.node(nid).args
+    count = ir.Constant(F64, float(g.type(x).numel // g.type(x).shape[1]))
 
-    def block(kb: KernelBuilder, off, masks):
-        """Features [off, off + len(masks) * VW), vector k masked by masks[k] (None: whole)."""
+    def values(kb: KernelBuilder, ch, over):
         b = kb.b
-        offs = [kb.add(off, k * VW) for k in range(len(masks))]
+        s = kb.var(V64, ZERO64, "s")
+        over(lambda o, mask: kb.set(s, b.fadd(kb.get(s), b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64))))
+        mean = b.fdiv(kb.hsum(kb.get(s)), count)
+        meanv = kb.splat(mean)
+        q = kb.var(V64, ZERO64, "q")
 
-        def rows(fn):
-            with kb.loop(0, n) as i:
-                base = kb.mul(i, f)
-                for k, (o, m) in enumerate(zip(offs, masks)):
-                    fn(k, kb.add(base, o), kb.vload(kb.ptr(x), kb.add(base, o), mask=m))
+        def square(o, mask):
+            d = b.fsub(b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64), meanv)
+            d2 = b.fmul(d, d)
+            kb.set(q, b.fadd(kb.get(q), d2 if mask is None else b.select(mask, d2, ZERO64)))
+        over(square)
+        return mean, b.fdiv(kb.hsum(kb.get(q)), count)
 
-        s = [kb.var(v64, ir.Constant(v64, 0.0), "s") for _ in masks]
-        rows(lambda k, o, v: kb.set(s[k], b.fadd(kb.get(s[k]), b.fpext(v, v64))))
-        mean64 = [b.fdiv(kb.get(a), ir.Constant(v64, float(n))) for a in s]
-        q = [kb.var(v64, ir.Constant(v64, 0.0), "q") for _ in masks]
+    return _channel_pair(g, nid, x, values)
 
-        def sq(k, o, v):
-            d = b.fsub(b.fpext(v, v64), mean64[k])
-            kb.set(q[k], b.fadd(kb.get(q[k]), b.fmul(d, d)))
-        rows(sq)
-        mean, scale, shift = [], [], []
-        for k, (o, m) in enumerate(zip(offs, masks)):
-            mean.append(b.fptrunc(mean64[k], vt))
-            var = b.fptrunc(b.fdiv(kb.get(q[k]), ir.Constant(v64, float(n))), vt)
-            den = kb.unary_math("sqrt", b.fadd(var, ir.Constant(vt, eps)))
-            scale.append(b.fdiv(kb.vload(kb.ptr(gamma), o, mask=m), den))  # y = (x - mean) * scale + beta
-            shift.append(kb.vload(kb.ptr(beta), o, mask=m))
-        rows(lambda k, o, v: kb.vstore(b.fadd(b.fmul(b.fsub(v, mean[k]), scale[k]), shift[k]), kb.ptr(nid), o,
-                                       mask=masks[k]))
 
-    nvec = -(-f // VW)
-    blocks, whole = -(-nvec // BN_VECTORS), f // (BN_VECTORS * VW)  # all blocks; those with no mask
-    last = [None] * (nvec - whole * BN_VECTORS)  # the vectors of the last block, if it is not whole
-    if f % VW:
-        last[-1] = KernelBuilder.mask(VW, f % VW)
+@lowering("batchnorm_grad_sums")
+def batchnorm_grad_sums(g: Graph, nid: int) -> Kernel:
+    """Channel by channel (in parallel), one pass: sum(dy) and sum(dy * (x - mean)) in vectors
+    of doubles."""
+    dy, x, stats = g.node(nid).args
+
+    def values(kb: KernelBuilder, ch, over):
+        b = kb.b
+        meanv = kb.splat(b.fpext(kb.load(kb.ptr(stats), ch), F64))
+        s, sx = kb.var(V64, ZERO64, "s"), kb.var(V64, ZERO64, "sx")
+
+        def add(o, mask):  # masked lanes load dy = 0
+            d = b.fpext(kb.vload(kb.ptr(dy), o, mask=mask), V64)
+            xc = b.fsub(b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64), meanv)
+            kb.set(s, b.fadd(kb.get(s), d))
+            kb.set(sx, b.fadd(kb.get(sx), b.fmul(d, xc)))
+        over(add)
+        return kb.hsum(kb.get(s)), kb.hsum(kb.get(sx))
+
+    return _channel_pair(g, nid, x, values)
+
+
+@lowering("batchnorm_train")
+def batchnorm_train(g: Graph, nid: int) -> Kernel:
+    """Example by example (in parallel; an anchor: its epilogue follows each example), each
+    channel (x - mean) * (gamma / sqrt(var + eps)) + beta from the [2, C] statistics: in vectors
+    along each channel's pixels, or, with one value per channel ([N, F]), along the channels."""
+    node = g.node(nid)
+    x, gamma, beta, stats = node.args
+    n, c, hw = _channel_layout(g, x)
+    eps = norm.eps(node.attrs)
 
     def emit(kb: KernelBuilder, lo, hi):
         b = kb.b
-        with kb.loop(lo, hi) as j:
-            off = kb.mul(j, BN_VECTORS * VW)
-            if blocks == whole:
-                block(kb, off, [None] * BN_VECTORS)
-            elif whole == 0:
-                block(kb, off, last)
+
+        def coefficients(load, ch, eps_):
+            """(mean, gamma / sqrt(var + eps), beta) of channel(s) `ch`."""
+            var = load(stats, kb.add(ch, c))
+            return load(stats, ch), b.fdiv(load(gamma, ch), kb.unary_math("sqrt", b.fadd(var, eps_))), load(beta, ch)
+
+        def normalise(o, mask, mean, scale, shift):
+            y = kb.fma(b.fsub(kb.vload(kb.ptr(x), o, mask=mask), mean), scale, shift)
+            kb.vstore(y, kb.ptr(nid), o, mask=mask)
+
+        with kb.loop(lo, hi) as i:
+            if hw == 1:  # [N, F]: vectors of features
+                def features(off, mask):
+                    k = coefficients(lambda v, o: kb.vload(kb.ptr(v), o, mask=mask), off, ir.Constant(vec(VW), eps))
+                    normalise(kb.add(kb.mul(i, c), off), mask, *k)
+                row_vectors(kb, c, features)
             else:
-                with b.if_else(b.icmp_signed("<", j, kb.i64(whole))) as (full, part):
-                    with full:
-                        block(kb, off, [None] * BN_VECTORS)
-                    with part:
-                        block(kb, off, last)
+                with kb.loop(0, c) as ch:
+                    k = [kb.splat(v) for v in coefficients(lambda v, o: kb.load(kb.ptr(v), o), ch, kb.const(eps))]
+                    base = kb.mul(kb.add(kb.mul(i, c), ch), hw)
+                    row_vectors(kb, hw, lambda off, mask: normalise(kb.add(base, off), mask, *k))
 
-    return Kernel([x, gamma, beta, nid], blocks, node.type.numel * 3, emit, names=[node.op])
-
-
-@lowering("batchnorm2d", "batchnorm1d")
-def batchnorm(g: Graph, nid: int) -> Kernel:
-    """Batch statistics per channel (axis 1, the catalog's `norm.running(op)`): [N, F] by
-    vectors of features, [N, C, H, W] and [N, C, L] channel by channel."""
-    assert norm.running(g.node(nid).op).channel == 1
-    return _batchnorm_features(g, nid) if g.type(nid).rank == 2 else _batchnorm_channels(g, nid)
+    return Kernel([x, gamma, beta, stats, nid], n, node.type.numel * 2, emit, names=["batchnorm_train"])
 
 
 @lowering("layernorm")

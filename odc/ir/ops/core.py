@@ -12,7 +12,8 @@ An `OpDef` is everything odc knows about one IR op:
 - traits: `codegen`, how code generation treats it ("elementwise": computed index by index from
   `scalar`, fusable; "anchor": its own kernel, which takes an elementwise epilogue; "kernel":
   its own kernel; "alias": a view of its first operand, no code; "arg": a function argument;
-  "const": a scalar that kernels inline),
+  "const": a scalar that kernels inline; "rewritten": no code, a pass replaces it in every
+  pipeline, as train-mode and inference replace batch norms),
   `scalar(s, *operands)` (an elementwise op's value at one index, from the scalar ops of `s`,
   which code generation provides; `s.attrs` are the node's attributes) and `cost` (cycles per element), `dtypes` (the
   element types code generation produces it in), `training` ("only": the identity outside

@@ -7,8 +7,9 @@ attributes are the non-default `momentum` and `eps` (absent: 0.1 and 1e-5, PyTor
   channel (axis 1) over every other axis. The op itself uses the batch's statistics (biased
   variance), as in training; such an op says `training="state"` and has a `Running` entry in
   `RUNNING` (its channel axis; the statistics are taken over the other axes): the train-mode
-  pass gives it running mean and variance as state and outputs their next values
-  ((1 - momentum) * running + momentum * batch statistic, the variance unbiased), and the
+  pass turns it into its training form, `batchnorm_train(x, weight, bias,
+  batchnorm_stats(x))`, gives it running mean and variance as state and outputs their next
+  values ((1 - momentum) * running + momentum * batch statistic, the variance unbiased); the
   inference pass makes it normalise with them.
 - `layernorm` normalises each position over the last axis (biased variance), the same in
   training and evaluation; weight and bias are [F], F the size of the last axis.
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from odc.ir.graph import TensorType
-from odc.ir.ops.core import Arg, ShapeError, builtin, register, require_float
+from odc.ir.ops.core import Arg, ShapeError, builtin, count, register, require_float
 
 MOMENTUM, EPS = 0.1, 1e-5  # PyTorch's defaults
 
@@ -124,11 +125,65 @@ def _normalise_vjp(e, x, gamma, dy, axes: list, c: list, outer: list, eps_: floa
     return e("div", dx, std), e("sum", e("mul", dy, xhat), axis=outer), e("sum", dy, axis=outer)
 
 
+def _batchnorm_grads(e, x, gamma, dy, stats: int, eps_: float) -> tuple:
+    """(dx, dgamma, dbeta) of a batch norm over axis 1 of `x` (as `_normalise_vjp`) whose
+    statistics `stats` are batchnorm_stats(x), their dependence on x included, with the
+    per-channel sums in one pass over the data (`batchnorm_grad_sums`: sum(dy), sum(dy * (x -
+    mean))). With rstd = 1 / sqrt(var + eps), a = gamma * rstd and n values per channel:
+    dx = dy * a + (x - mean) * b + c, b = -a * rstd^2 * sum(dy * (x - mean)) / n,
+    c = -a * sum(dy) / n; dgamma = rstd * sum(dy * (x - mean)), dbeta = sum(dy). Everything but
+    the sums and dx is a [C] vector."""
+    lay, rank, dt = Running(), len(e.shape(x)), e.dtype(x)
+    per_channel = lay.per_channel(rank, e.shape(gamma)[0])
+
+    def spread(v):
+        return e("reshape", v, shape=per_channel)
+    sums = e("batchnorm_grad_sums", dy, x, stats)
+    mean, var = row(e, stats, 0), row(e, stats, 1)
+    sum_dy, sum_dyxc = row(e, sums, 0), row(e, sums, 1)
+    rstd = e("div", e.const(1, dt), e("sqrt", e("add", var, e.const(eps_, dt))))
+    a = e("mul", gamma, rstd)
+    inv_n = e("div", e.const(1, dt), count(e, e.shape(x), lay.axes(rank), dt))
+    b = e("neg", e("mul", e("mul", a, e("mul", rstd, rstd)), e("mul", sum_dyxc, inv_n)))
+    c = e("neg", e("mul", a, e("mul", sum_dy, inv_n)))
+    dx = e("add", e("mul", dy, spread(a)), e("add", e("mul", e("sub", x, spread(mean)), spread(b)), spread(c)))
+    return dx, e("mul", sum_dyxc, rstd), sum_dy
+
+
 def _batchnorm_vjp(e, n, y, dy):
     x, gamma = n.args[:2]
-    lay, rank = running(n.op), len(e.shape(x))
-    axes = lay.axes(rank)
-    return _normalise_vjp(e, x, gamma, dy, axes, lay.per_channel(rank, e.shape(gamma)[0]), axes, eps(n.attrs))
+    return _batchnorm_grads(e, x, gamma, dy, e("batchnorm_stats", x), eps(n.attrs))
+
+
+def row(e, pair: int, k: int) -> int:
+    """Row k of a [2, C] node of per-channel values, as a [C] vector."""
+    return e("reshape", e("slice", pair, axis=0, start=k, stop=k + 1), shape=[e.shape(pair)[1]])
+
+
+def _stats_infer(ts, attrs):
+    x = ts[0]
+    if x.rank < 2 or not x.is_float:
+        raise ShapeError(f"batchnorm_stats expects a floating-point [batch, channels, ...] tensor, got {x}")
+    return TensorType(x.dtype, (2, x.shape[1]))
+
+
+def _stats_ref(x, attrs):
+    axes = tuple(Running().axes(x.ndim))
+    return np.stack([x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)]).astype(x.dtype)
+
+
+def _grad_sums_infer(ts, attrs):
+    dy, x, stats = ts
+    if dy != x or stats != _stats_infer([x], {}):
+        raise ShapeError(f"batchnorm_grad_sums expects dy and x of one type and their [2, C] statistics, "
+                         f"got {dy}, {x} and {stats}")
+    return stats
+
+
+def _grad_sums_ref(dy, x, stats, attrs):
+    axes, c = tuple(Running().axes(x.ndim)), Running().per_channel(x.ndim, -1)
+    xc = x.astype(np.float64) - stats[0].astype(np.float64).reshape(c)
+    return np.stack([dy.sum(axis=axes, dtype=np.float64), (dy * xc).sum(axis=axes)]).astype(x.dtype)
 
 
 def _batchnorm_build(op: str):
@@ -143,9 +198,40 @@ def _batchnorm_build(op: str):
 # batch statistics here; the train-mode pass adds the running statistics, inference uses them
 for _op in ("batchnorm2d", "batchnorm1d"):
     RUNNING[_op] = Running(channel=1)
-    register(_op, _batchnorm_infer(_op), _batchnorm_ref(_op), _batchnorm_vjp, training="state")
+    register(_op, _batchnorm_infer(_op), _batchnorm_ref(_op), _batchnorm_vjp, training="state", codegen="rewritten")
     builtin(_op, _batchnorm_build(_op), Arg("x", "tensor"), Arg("momentum", "number", MOMENTUM),
             Arg("eps", "positive", EPS), params=True)
+
+
+def _train_infer(ts, attrs):
+    x, stats = ts[0], ts[3]
+    if stats != _stats_infer([x], {}):
+        raise ShapeError(f"batchnorm_train expects the [2, C] statistics of its input {x}, got {stats}")
+    _check_params("batchnorm_train", ts[:3], x.shape[1])
+    return x
+
+
+def _train_ref(x, gamma, beta, stats, attrs):
+    c = Running().per_channel(x.ndim, -1)
+    y = (x - stats[0].reshape(c)) / np.sqrt(stats[1].reshape(c) + eps(attrs))
+    return (y * gamma.reshape(c) + beta.reshape(c)).astype(x.dtype, copy=False)
+
+
+def _train_vjp(e, n, y, dy):
+    x, gamma, _, stats = n.args
+    return (*_batchnorm_grads(e, x, gamma, dy, stats, eps(n.attrs)), None)
+
+
+# The training form of a batch norm (the train-mode pass makes it): batchnorm_stats(x) = [mean,
+# biased variance] per index of axis 1 over all other axes, a [2, C] tensor accumulated in double;
+# batchnorm_train(x, weight, bias, stats) {eps} normalises x with them. stats must be
+# batchnorm_stats(x): the gradient of batchnorm_train is the batch norm's, through the statistics
+# too, and stats gets none. Its code runs example by example, so an epilogue (ReLU, a residual
+# add) fuses into it. batchnorm_grad_sums(dy, x, stats) = [sum(dy), sum(dy * (x - mean))] per
+# channel, for the gradient.
+register("batchnorm_stats", _stats_infer, _stats_ref)
+register("batchnorm_train", _train_infer, _train_ref, _train_vjp, codegen="anchor")
+register("batchnorm_grad_sums", _grad_sums_infer, _grad_sums_ref)
 
 
 # -- layer norm -------------------------------------------------------------------------------

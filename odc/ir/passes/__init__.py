@@ -27,7 +27,7 @@ from typing import Callable
 from odc.errors import OdcError
 from odc.ir import verify as verifier
 from odc.ir.graph import Graph
-from odc.ir.passes import augment, autodiff, dce, fuse, inference, optimizer, plan_memory, shape_infer, train_mode
+from odc.ir.passes import augment, autodiff, cse, dce, fuse, inference, optimizer, plan_memory, shape_infer, train_mode
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,14 @@ def _from_module(m) -> Pass:
 REGISTRY: dict[str, Pass] = {p.name: p for p in [
     *map(_from_module, (shape_infer, dce, augment)),
     Pass("normalize", augment.eval_summary, augment.run_eval, augment.eval_options),
-    *map(_from_module, (inference, train_mode, autodiff, optimizer, fuse, plan_memory)),
+    *map(_from_module, (inference, train_mode, autodiff, optimizer, cse, fuse, plan_memory)),
     Pass("verify", "check the IR's invariants (operands, types by the type rules, names); change nothing",
          verifier.verify)]}
 
 PIPELINES = {
-    "forward": ("shape-infer", "dce", "normalize", "inference", "fuse", "plan-memory"),
-    "grads": ("shape-infer", "dce", "augment", "train-mode", "autodiff", "fuse", "plan-memory"),
-    "train": ("shape-infer", "dce", "augment", "train-mode", "autodiff", "optimizer", "fuse", "plan-memory"),
+    "forward": ("shape-infer", "dce", "normalize", "inference", "cse", "fuse", "plan-memory"),
+    "grads": ("shape-infer", "dce", "augment", "train-mode", "autodiff", "cse", "fuse", "plan-memory"),
+    "train": ("shape-infer", "dce", "augment", "train-mode", "autodiff", "optimizer", "cse", "fuse", "plan-memory"),
 }
 ORDER = tuple(n for n in REGISTRY if n != "verify")  # the passes of the pipelines, as dumps show them
 
