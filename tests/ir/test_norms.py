@@ -221,6 +221,8 @@ def test_kernels_match_the_references(threads):
     x4, g4, b4 = randn(7, (3, 5, 7, 9), (5,), (5,), scale=2.0)
     cases += training_form(x4, g4, b4, {"eps": 1e-3, "momentum": 0.3}, 7)
     cases.append(("layernorm", [x4, *randn(8, (9,), (9,))], {}))
+    far = randn(5, (6, 4, 9, 11), (4,), (4,), shift=1000.0)  # a mean 1,000 standard deviations from 0
+    cases += training_form(*far, {}, 6)
     for k, shape in enumerate([(2000, 37), (500, 133)]):  # bigger: split among threads
         rows = randn(60 + k, shape, shape[1:], shape[1:], shift=4.0)
         cases += [*training_form(*rows, {}, 70 + k), ("layernorm", rows, {})]

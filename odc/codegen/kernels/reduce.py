@@ -246,25 +246,25 @@ ZERO64 = ir.Constant(V64, 0.0)
 
 @lowering("batchnorm_stats")
 def batchnorm_stats(g: Graph, nid: int) -> Kernel:
-    """Channel by channel (in parallel): the mean, then the mean squared deviation from it (two
-    passes, the second over data still in cache: no cancellation), in vectors of doubles."""
+    """Channel by channel (in parallel), one pass: the sums of x and of x^2 in vectors of
+    doubles, then mean = sum / n and var = sum(x^2) / n - mean^2. The subtraction's relative
+    error is about (mean^2 / var) * 2^-53: below float32's rounding while |mean| stays under
+    about 10,000 standard deviations (each square of a float32 is exact in double)."""
     (x,) = g.node(nid).args
     count = ir.Constant(F64, float(g.type(x).numel // g.type(x).shape[1]))
 
     def values(kb: KernelBuilder, ch, over):
         b = kb.b
-        s = kb.var(V64, ZERO64, "s")
-        over(lambda o, mask: kb.set(s, b.fadd(kb.get(s), b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64))))
-        mean = b.fdiv(kb.hsum(kb.get(s)), count)
-        meanv = kb.splat(mean)
-        q = kb.var(V64, ZERO64, "q")
+        s, q = kb.var(V64, ZERO64, "s"), kb.var(V64, ZERO64, "q")
 
-        def square(o, mask):
-            d = b.fsub(b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64), meanv)
-            d2 = b.fmul(d, d)
-            kb.set(q, b.fadd(kb.get(q), d2 if mask is None else b.select(mask, d2, ZERO64)))
-        over(square)
-        return mean, b.fdiv(kb.hsum(kb.get(q)), count)
+        def add(o, mask):  # masked lanes load 0
+            v = b.fpext(kb.vload(kb.ptr(x), o, mask=mask), V64)
+            kb.set(s, b.fadd(kb.get(s), v))
+            kb.set(q, b.fadd(kb.get(q), b.fmul(v, v)))
+        over(add)
+        mean = b.fdiv(kb.hsum(kb.get(s)), count)
+        var = b.fsub(b.fdiv(kb.hsum(kb.get(q)), count), b.fmul(mean, mean))
+        return mean, kb.maximum(var, ir.Constant(F64, 0.0))
 
     return _channel_pair(g, nid, x, values)
 
