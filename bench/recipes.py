@@ -4,17 +4,18 @@ in PyTorch's usual eager loop (`torch.nn`, `torch.optim`, `torch.optim.lr_schedu
 
     python bench/recipes.py mnist_example [--data ../shared/data] [--epochs 3] [--threads 2]
     python bench/recipes.py cifar_cnn [--epochs 5]
+    python bench/recipes.py vgg11 --epochs 3
 
 - `mnist_example` (models/mnist_example.od): pytorch/examples' mnist/main.py with 47 outputs:
   nll of log_softmax outputs, Adadelta(lr=1.0), StepLR(step_size=1, gamma=0.7), batch 64, on
   EMNIST (when the folder holds only ByMerge's test split, odc cuts it into training and test
   parts per class, and both sides use those parts), images in [0, 1] (neither side normalises).
-- `cifar_cnn` (models/cifar_cnn.od) and `resnet20` (models/resnet20.od), their networks as the
-  twins of tests/test_zoo.py: CIFAR-10 with a validation part held out as odc holds it out (10%
-  of each class, seed 0); random 32x32 crops of the 4-pixel zero-padded image and horizontal
-  flips (torchvision's RandomCrop(32, padding=4) and RandomHorizontalFlip, written here in
-  numpy), per-channel normalisation, SGD with momentum (Nesterov for cifar_cnn) and weight
-  decay, CosineAnnealingLR over the run, batch 128.
+- `cifar_cnn` (models/cifar_cnn.od), `resnet20` (models/resnet20.od) and `vgg11`
+  (models/vgg11.od), their networks as the twins of tests/test_zoo.py: CIFAR-10 with a
+  validation part held out as odc holds it out (10% of each class, seed 0); random 32x32 crops
+  of the 4-pixel zero-padded image and horizontal flips (torchvision's RandomCrop(32, padding=4)
+  and RandomHorizontalFlip, written here in numpy), per-channel normalisation, SGD with
+  momentum (Nesterov for cifar_cnn) and weight decay, CosineAnnealingLR over the run, batch 128.
 Each side draws its own initial weights, dropout masks, augmentations and batch order. Prints,
 per epoch, the rate, accuracy on the evaluated part, mean training loss and seconds of each.
 """
@@ -85,6 +86,10 @@ RECIPES = {  # name: (model file, network, loss, optimizer, schedule, batch, aug
                  lambda t, ps, epochs: t.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-4),
                  lambda t, opt, epochs: t.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
                  128, crop_and_flip, True),
+    "vgg11": ("vgg11.od", zoo_net("vgg11.od"), "cross_entropy",
+              lambda t, ps, epochs: t.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=5e-4),
+              lambda t, opt, epochs: t.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs),
+              128, crop_and_flip, True),
 }
 
 
