@@ -158,9 +158,8 @@ class Graph:
     def copy(self) -> "Graph":
         g = Graph(self.name)
         g.nx = nx.DiGraph()
-        for i in self.nx.nodes:
-            n = self.node(i)
-            g.nx.add_node(i, node=replace(n, attrs=dict(n.attrs)))
+        g.nx.add_nodes_from((i, {"node": Node(n.id, n.op, n.args, dict(n.attrs), n.type, n.span, n.name)})
+                            for i, n in ((i, d["node"]) for i, d in self.nx.nodes(data=True)))
         g.nx.add_edges_from(self.nx.edges)
         g.outputs = list(self.outputs)
         g.meta = dict(self.meta)

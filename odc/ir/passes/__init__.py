@@ -20,7 +20,9 @@ of every pipeline.
 """
 from __future__ import annotations
 
+import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -84,8 +86,26 @@ def run_passes(g: Graph, names, options: dict[str, dict] | None = None, verify_e
     """Run the passes `names` in order on `g`; the graph after each, as (name, graph) pairs.
     `options` maps a pass name to keyword arguments of its `run`. A pass whose requirement is
     missing from the graph gets it first (reported through `note`)."""
-    options = options or {}
-    verify_each = verify_each_default() if verify_each is None else verify_each
+    with paused_gc():
+        return _run_passes(g, names, options or {}, verify_each_default() if verify_each is None else verify_each, note)
+
+
+@contextmanager
+def paused_gc():
+    """Python's cycle collector paused: passes allocate many small objects, which would start
+    full collections (tens of milliseconds each over the graphs alive), while what they free
+    holds no cycles and goes by reference counting."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run_passes(g: Graph, names, options: dict[str, dict], verify_each: bool,
+                note: Callable[[str], None] | None) -> list[tuple[str, Graph]]:
     out: list[tuple[str, Graph]] = []
 
     def run_one(name: str, g: Graph) -> Graph:

@@ -73,6 +73,7 @@ def base_of(g: Graph, nid: int) -> int:
 def run(g: Graph) -> Graph:
     g = g.copy()
     order = g.order()
+    position = {nid: i for i, nid in enumerate(order)}
     group = {}  # node -> representative of its group
     members: dict[int, list[int]] = {}
     for nid in order:
@@ -91,40 +92,60 @@ def run(g: Graph) -> Graph:
             return None
         return anchor, g.type(anchor if anchor is not None else rep)
 
-    def merge(keep: int, other: int) -> None:
-        """Merges group `other` into group `keep` if that is legal."""
+    def merge(keep: int, other: int, acyclic: bool = False) -> None:
+        """Merges group `other` into group `keep` if that is legal (`acyclic`: the caller knows
+        that the merge creates no cycle)."""
         ka, kb = kind(keep), kind(other)
         if ka is None or kb is None or ka[1] != kb[1] or (ka[0] is not None and kb[0] is not None):
             return
         merged = set(members[keep]) | set(members[other])
         anchor = ka[0] if ka[0] is not None else kb[0]
-        if (_leaves_and_returns(g, merged, group, members)
-                or (anchor is not None and nx.ancestors(g.nx, anchor) & merged)):
+        if ((not acyclic and _leaves_and_returns(g, merged, group, members))
+                or (anchor is not None and _feeds(g, merged - {anchor}, anchor, position))):
             return
         members[keep].extend(members.pop(other))
         for m in members[keep]:
             group[m] = keep
 
+    # Walk 1 visits a node before its operands, so its group is still itself alone; all its
+    # edges go into the target group, so a path from the merged set back into it would be a
+    # path from the target back to the node: a cycle the groups already had. No check needed.
     for nid in reversed(order):  # into the one group that uses the value
         users = g.users(nid)
         if nid in group and is_elementwise(g, nid) and users and all(
                 u in group and is_elementwise(g, u) for u in users):
             targets = {group[u] for u in users}
             if len(targets) == 1 and group[nid] not in targets:
-                merge(targets.pop(), group[nid])
+                merge(targets.pop(), group[nid], acyclic=True)
     for nid in order:  # into the group of an operand
         if nid in group and is_elementwise(g, nid):
             for a in dict.fromkeys(g.node(nid).args):
                 if a in group and group[a] != group[nid]:
                     merge(group[a], group[nid])
     k = 0
-    position = {nid: i for i, nid in enumerate(order)}
     for rep in sorted(members, key=lambda r: min(position[m] for m in members[r])):
         if len(members[rep]) > 1:
             for m in members[rep]:
                 g.node(m).attrs["fuse"] = k
             k += 1
     return g
+
+
+def _feeds(g: Graph, sources: set[int], target: int, position: dict[int, int]) -> bool:
+    """True if a path leads from a node of `sources` to `target`: a search backwards from
+    target that stops at nodes placed before every source in topological `position`."""
+    if not sources:
+        return False
+    first = min(position[s] for s in sources)
+    stack, seen = [target], {target}
+    while stack:
+        for a in g.nx.predecessors(stack.pop()):
+            if a in sources:
+                return True
+            if a not in seen and position[a] > first:
+                seen.add(a)
+                stack.append(a)
+    return False
 
 
 def _leaves_and_returns(g: Graph, merged: set[int], group: dict[int, int],
