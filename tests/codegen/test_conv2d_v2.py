@@ -104,6 +104,46 @@ def test_kernels_on_chosen_geometries(check_ops):
     check_ops(cases, rtol=1e-5, atol=1e-4)
 
 
+@st.composite
+def wide_geometry(draw):
+    """(x shape, weight shape, attrs) of a layer with at least 16 input channels per group (a
+    vector of AVX-512), whose weight gradient runs channels last: channel counts off the vector
+    width and the register tile, groups, strides, dilations and padding, images from 1x1 to
+    wider than a vector, batches that split into chunks unevenly."""
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cg, og = draw(st.integers(16, 70)), draw(st.integers(1, 30))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    h = draw(st.integers(max(1, span[0] - pad[0] - pad[1]), 9))
+    w = draw(st.integers(max(1, span[1] - pad[2] - pad[3]), 20))
+    n = draw(st.integers(1, 6))
+    return (n, cg * groups, h, w), (og * groups, cg, kh, kw), Geometry(stride, pad, dilation, groups).attrs()
+
+
+@SETTINGS
+@given(st.lists(wide_geometry(), min_size=2, max_size=2), st.integers(0, 2**31))
+def test_weight_gradient_of_wide_layers(check_ops, geos, seed):
+    cases = [op_cases(xs, ws, attrs, seed + i)[3] for i, (xs, ws, attrs) in enumerate(geos)]
+    check_ops(cases, rtol=1e-5, atol=1e-4)
+
+
+def test_weight_gradient_of_chosen_wide_layers(check_ops):
+    """ResNet-20's and VGG-11's layers at a small batch: 3x3 with padding 1 at 32x32 to 1x1,
+    the stride-2 convolutions that start a stage, and 512 channels (several channel blocks per
+    thread)."""
+    geos = [((3, 16, 32, 32), (16, 16, 3, 3), {"stride": 1, "pad": 1}),
+            ((2, 16, 32, 32), (32, 16, 3, 3), {"stride": 2, "pad": 1}),
+            ((3, 32, 16, 16), (32, 32, 3, 3), {"stride": 1, "pad": 1}),
+            ((2, 32, 16, 16), (64, 32, 3, 3), {"stride": 2, "pad": 1}),
+            ((4, 64, 8, 8), (64, 64, 3, 3), {"stride": 1, "pad": 1}),
+            ((5, 512, 2, 2), (512, 512, 3, 3), {"stride": 1, "pad": 1}),
+            ((3, 256, 1, 1), (40, 256, 3, 3), {"stride": 1, "pad": 1})]
+    check_ops([op_cases(xs, ws, attrs, i)[3] for i, (xs, ws, attrs) in enumerate(geos)], rtol=1e-5, atol=1e-4)
+
+
 # -- (b) the references against PyTorch -----------------------------------------------------------
 def torch_conv(torch, x, w, b, attrs):
     g = Geometry.of(attrs)

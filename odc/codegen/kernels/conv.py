@@ -36,8 +36,15 @@ only the kernel rows whose spread row is one of dy's, so they are computed phase
 (into the scratch, then copied to their rows) over planes of dy's own rows, spread along the
 columns only; half the multiply-adds of a stride of 2 then meet a zero, not three quarters.
 
-The gradient with respect to the weight is a sum over images and output pixels p of
-``dy[n, o, p] * plane_b[n, c, a*dh % sh, p + (a*dh // sh)*wo]``, over the same shifted planes
+The gradient with respect to the weight of a layer with at least a vector's worth of input
+channels per group runs channels last (`_grad_weight_channels_last`): a chunk of images is
+copied with the channels innermost (VW x VW blocks transposed in registers) inside a zero
+border, and a register tile of MR output channels × NB kernel columns × NV vectors of input
+channels accumulates, pixel by pixel, one broadcast dy value per output channel times one
+contiguous vector load per column and channel vector, over all pixels of the chunk: no
+horizontal sums, and about 0.4 loads per multiply-add, mostly from the L1 cache. With fewer
+channels (the first layer of an RGB image, depthwise) it is a sum over images and output
+pixels p of ``dy[n, o, p] * plane_b[n, c, a*dh % sh, p + (a*dh // sh)*wo]``, over the same shifted planes
 as the forward pass, in which both operands are contiguous along p: for a block of MR output
 channels (inside one group) and all kw of one (c, a), a register tile of MR×KW vector
 accumulators runs along the pixels (whole vectors, also for an 8x8 image or a stride of 2) and
@@ -53,13 +60,14 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from odc.codegen.builder import ACCUMULATORS, I32, REGISTERS, VW, KernelBuilder, vec
+from odc.codegen.builder import ACCUMULATORS, I32, I64, REGISTERS, VW, KernelBuilder, vec
 from odc.codegen.kernels.gemm import col_tiles, contiguous_b, outer_product, store_tile
 from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
 
 CHUNK_OUTPUTS = 64  # the direct convolution puts images of fewer output pixels side by side
+CHANNELS_LAST_MIN = VW  # input channels per group from which the weight gradient runs channels last
 CHUNK_PIXELS, CHUNK_BYTES = 1024, 1024 * 1024  # the weight gradient's chunks of images: at most this many
 # output pixels (a tile's rows stay in the L1 cache) and this many bytes of dy (in the L2 cache)
 
@@ -439,6 +447,8 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     kh, kw = node.attrs["kernel"]
     geo = Geometry.of(node.attrs)
     og, cg = o // geo.groups, c // geo.groups
+    if cg >= CHANNELS_LAST_MIN:
+        return _grad_weight_channels_last(g, nid)
     (sh, _), (dh, dw), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
     mr = max(1, min(og, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
     per_group = -(-og // mr)  # channel blocks per group (a block stays inside its group)
@@ -519,3 +529,175 @@ def _grad_weight_tile(kb, dy, dw, rows, where, dims) -> None:
             total = kb.hsum(kb.get(accs[r][q]))
             before = b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at))
             kb.store(b.fadd(before, total), kb.ptr(dw), at)
+
+
+def channels_last_tile(og: int, cg: int, kw: int) -> tuple[int, int, int]:
+    """(output channels MR, vectors of input channels NV, kernel columns NB) of a register tile
+    of the channels-last weight gradient: MR*NV*NB accumulators (`ACCUMULATORS` at most), MR
+    broadcast and NV*NB vector loads per pixel; the most useful multiply-adds per load (the
+    channels of partial blocks discounted)."""
+    best = None
+    for nb in sorted({1, kw}):
+        for nv in range(1, min(4, -(-cg // VW)) + 1):
+            mr = min(og, ACCUMULATORS // (nv * nb))
+            if mr < 1:
+                continue
+            useful = og / (-(-og // mr) * mr) * cg / (-(-cg // (nv * VW)) * nv * VW)
+            score = mr * nv * nb * useful / (mr + nv * nb)
+            if best is None or score > best[0]:
+                best = (score, (mr, nv, nb))
+    return best[1]
+
+
+def _grad_weight_channels_last(g: Graph, nid: int) -> Kernel:
+    """The weight gradient with vectors along the input channels: dw[o, c, a, b] =
+    Σ_{n, i, j} dy[n, o, i, j] * xt[n, i*sh + a*dh, j*sw + b*dw, c], where xt is a chunk of images
+    copied channels last (`transpose_copy`) into the scratch with its zero border. A work item is
+    one kernel row a (all kw columns, or one), a block of MR output channels and NV vectors of
+    input channels, inside one group (`channels_last_tile`); its accumulators run over all pixels
+    of the chunk, each pixel one contiguous load per vector of xt and column, and one broadcast dy
+    value per output channel (whose cache line serves the next pixels too), and are added into dw
+    at the end of the chunk (stored for the first). Items go channel block outermost, so each
+    thread copies only the channels of its own items."""
+    node = g.node(nid)
+    dy, x = node.args
+    n, o, ho, wo = g.type(dy).shape
+    _, c, h, wd = g.type(x).shape
+    kh, kw = node.attrs["kernel"]
+    geo = Geometry.of(node.attrs)
+    og, cg = o // geo.groups, c // geo.groups
+    (sh, sw), (dh, dw_), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
+    mr, nv, nb = channels_last_tile(og, cg, kw)
+    width = nv * VW  # input channels of a block
+    cblocks, oblocks, bblocks = -(-cg // width), -(-og // mr), kw // nb  # per group
+    hp = max(h + top, (ho - 1) * sh + (kh - 1) * dh + 1)  # rows and columns of xt
+    wp = max(wd + left, (wo - 1) * sw + (kw - 1) * dw_ + 1)
+    image = hp * wp * c
+    chunk = max(k for k in range(1, n + 1) if n % k == 0 and (k == 1 or k * image * 4 <= CHUNK_BYTES))
+    taps = kh * bblocks  # items of one channel block and output block
+    per_block = oblocks * taps  # items of one channel block
+    dims = (o, ho, wo, c, cg, hp, wp, kh, kw, sh, sw, dh, dw_, chunk, nb)
+
+    def emit(kb: KernelBuilder, lo, hi):
+        b = kb.b
+        zero_fill(kb, kb.scratch, chunk * image)  # the border stays zero
+        first_block, end_block = b.sdiv(lo, kb.i64(per_block)), kb.add(b.sdiv(kb.add(hi, -1), kb.i64(per_block)), 1)
+
+        def channel(blk):  # the first input channel of a channel block (counted over all groups)
+            return kb.add(kb.mul(b.sdiv(blk, kb.i64(cblocks)), cg), kb.mul(b.srem(blk, kb.i64(cblocks)), width))
+        last_group_end = kb.mul(kb.add(b.sdiv(kb.add(end_block, -1), kb.i64(cblocks)), 1), cg)
+        c_range = (channel(first_block), kb.smin(kb.add(channel(kb.add(end_block, -1)), width), last_group_end))
+        with kb.loop(0, n, chunk, name="chunk") as n0:
+            with kb.loop(0, chunk, name="img") as k:
+                def pixel(q):  # where pixel q of image k starts in xt
+                    y, xx = b.sdiv(q, kb.i64(wd)), b.srem(q, kb.i64(wd))
+                    return kb.mul(kb.add(kb.mul(kb.add(kb.mul(k, hp), kb.add(y, top)), wp), kb.add(xx, left)), c)
+                transpose_copy(kb, kb.gep(kb.ptr(x), kb.mul(kb.add(n0, k), c * h * wd)), h * wd, c_range,
+                               kb.scratch, pixel)
+            with kb.loop(lo, hi, name="item") as t:
+                blk = b.sdiv(t, kb.i64(per_block))
+                ob = b.srem(b.sdiv(t, kb.i64(taps)), kb.i64(oblocks))
+                tap = b.srem(t, kb.i64(taps))
+                gr, cb = b.sdiv(blk, kb.i64(cblocks)), b.srem(blk, kb.i64(cblocks))
+                where = (kb.add(kb.mul(gr, og), kb.mul(ob, mr)), kb.mul(cb, width), kb.add(kb.mul(gr, cg), kb.mul(cb, width)),
+                         b.sdiv(tap, kb.i64(bblocks)), kb.mul(b.srem(tap, kb.i64(bblocks)), nb), n0)
+                last_o, last_c = og % mr, cg % width  # rows of the last output block, lanes of the last channel block
+
+                def tile(rows, lanes):
+                    _channels_last_tile(kb, dy, nid, rows, lanes, where, dims)
+
+                def by_lanes(rows):
+                    if not last_c:
+                        tile(rows, width)
+                        return
+                    with b.if_else(b.icmp_signed("==", cb, kb.i64(cblocks - 1))) as (part, whole):
+                        with part:
+                            tile(rows, last_c)
+                        with whole:
+                            tile(rows, width)
+                if not last_o:
+                    by_lanes(mr)
+                else:
+                    with b.if_else(b.icmp_signed("==", ob, kb.i64(oblocks - 1))) as (part, whole):
+                        with part:
+                            by_lanes(last_o)
+                        with whole:
+                            by_lanes(mr)
+
+    return Kernel([dy, x, nid], geo.groups * cblocks * per_block, n * o * ho * wo * cg * kh * kw / 24, emit,
+                  chunk * image * 4, names=["conv2d_grad_weight"])
+
+
+def transpose16(kb: KernelBuilder, rows: list) -> list:
+    """The transpose of a VW x VW matrix held as VW row vectors: log2(VW) stages, each
+    exchanging the off-diagonal s x s blocks of every 2s x 2s block with one two-vector shuffle
+    per row (s = VW/2, ..., 1)."""
+    m, s = list(rows), VW // 2
+    while s:
+        for i in [i for i in range(VW) if not i & s]:
+            lo = [q if not q & s else VW + q - s for q in range(VW)]
+            hi = [q + s if not q & s else VW + q for q in range(VW)]
+            m[i], m[i + s] = (kb.b.shuffle_vector(m[i], m[i + s], ir.Constant(vec(VW, I32), lo)),
+                              kb.b.shuffle_vector(m[i], m[i + s], ir.Constant(vec(VW, I32), hi)))
+        s //= 2
+    return m
+
+
+def transpose_copy(kb: KernelBuilder, src, pixels: int, channels, dst, pixel) -> None:
+    """dst[pixel(q) + ch] = src[ch * pixels + q] for ch in [channels[0], channels[1]) and q <
+    pixels: an image copied channels last, VW x VW blocks transposed in registers (masked at
+    the edges)."""
+    b = kb.b
+    lo, hi = channels
+    with kb.loop(lo, hi, VW, name="cb") as c0:
+        count = kb.smin(VW, b.sub(hi, c0))
+        with kb.loop(0, pixels, VW, name="qb") as q0:
+            lanes = kb.smin(VW, b.sub(kb.i64(pixels), q0))
+            in_lanes = b.icmp_signed("<", ir.Constant(vec(VW, I64), list(range(VW))), kb.splat(lanes))
+            rows = []
+            for r in range(VW):
+                valid = b.icmp_signed("<", kb.i64(r), count)
+                row = kb.add(kb.mul(kb.add(c0, r), pixels), q0)
+                mask = b.and_(in_lanes, kb.splat(valid))
+                rows.append(kb.vload(src, row, mask=mask))
+            cols = transpose16(kb, rows)
+            out_mask = b.icmp_signed("<", ir.Constant(vec(VW, I64), list(range(VW))), kb.splat(count))
+            for q in range(VW):
+                with b.if_then(b.icmp_signed("<", kb.i64(q), lanes)):
+                    kb.vstore(cols[q], dst, kb.add(pixel(kb.add(q0, q)), c0), mask=out_mask)
+
+
+def _channels_last_tile(kb, dy, dw, rows, lanes, where, dims) -> None:
+    """One work item of `_grad_weight_channels_last` over the chunk of images at n0: output
+    channels [o0, o0 + rows), weight channels [ci0, ci0 + lanes) (input channels from cc0),
+    kernel row a, columns [b0, b0 + nb)."""
+    o0, ci0, cc0, a, b0, n0 = where
+    o, ho, wo, c, cg, hp, wp, kh, kw, sh, sw, dh, dw_, chunk, nb = dims
+    b = kb.b
+    nv = -(-lanes // VW)
+    masks = [kb.tail_mask(min(VW, lanes - v * VW)) for v in range(nv)]
+    zero = ir.Constant(vec(VW), 0.0)
+    accs = [[[kb.var(vec(VW), zero, "acc") for _ in range(nv)] for _ in range(nb)] for _ in range(rows)]
+    with kb.loop(0, chunk, name="k") as k, kb.loop(0, ho, name="i") as i:
+        xrow = kb.add(kb.mul(kb.add(kb.mul(kb.add(kb.mul(k, hp), kb.add(kb.mul(i, sh), kb.mul(a, dh))), wp),
+                                    kb.mul(b0, dw_)), c), cc0)
+        dyrow = kb.add(kb.mul(kb.add(kb.mul(kb.add(n0, k), o), o0), ho * wo), kb.mul(i, wo))
+        with kb.loop(0, wo, name="j") as j:
+            xo = kb.add(xrow, kb.mul(j, sw * c))
+            xv = [[kb.vload(kb.scratch, kb.add(xo, q * dw_ * c + v * VW), mask=masks[v]) for v in range(nv)]
+                  for q in range(nb)]
+            for r in range(rows):
+                d = kb.splat(kb.load(kb.ptr(dy), kb.add(dyrow, kb.add(j, r * ho * wo))))
+                for q in range(nb):
+                    for v in range(nv):
+                        kb.set(accs[r][q][v], kb.fma(d, xv[q][v], kb.get(accs[r][q][v])))
+    first = b.icmp_signed("==", n0, kb.i64(0))
+    for r in range(rows):
+        for q in range(nb):
+            for v in range(nv):
+                acc = kb.get(accs[r][q][v])
+                for lane in range(min(VW, lanes - v * VW)):
+                    at = kb.add(kb.mul(kb.add(kb.mul(kb.add(o0, r), cg), kb.add(ci0, v * VW + lane)), kh * kw),
+                                kb.add(kb.mul(a, kw), kb.add(b0, q)))
+                    before = b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at))
+                    kb.store(b.fadd(before, b.extract_element(acc, ir.Constant(I32, lane))), kb.ptr(dw), at)
