@@ -448,7 +448,7 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     geo = Geometry.of(node.attrs)
     og, cg = o // geo.groups, c // geo.groups
     if cg >= CHANNELS_LAST_MIN:
-        return _grad_weight_channels_last(g, nid)
+        return _grad_weight_channels_last(dy, x, nid, (n, o, ho, wo, c, h, wd, kh, kw), geo)
     (sh, _), (dh, dw), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
     mr = max(1, min(og, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
     per_group = -(-og // mr)  # channel blocks per group (a block stays inside its group)
@@ -549,7 +549,7 @@ def channels_last_tile(og: int, cg: int, kw: int) -> tuple[int, int, int]:
     return best[1]
 
 
-def _grad_weight_channels_last(g: Graph, nid: int) -> Kernel:
+def _grad_weight_channels_last(dy: int, x: int, nid: int, dims: tuple, geo: Geometry) -> Kernel:
     """The weight gradient with vectors along the input channels: dw[o, c, a, b] =
     Σ_{n, i, j} dy[n, o, i, j] * xt[n, i*sh + a*dh, j*sw + b*dw, c], where xt is a chunk of images
     copied channels last (`transpose_copy`) into the scratch with its zero border. A work item is
@@ -559,12 +559,7 @@ def _grad_weight_channels_last(g: Graph, nid: int) -> Kernel:
     value per output channel (whose cache line serves the next pixels too), and are added into dw
     at the end of the chunk (stored for the first). Items go channel block outermost, so each
     thread copies only the channels of its own items."""
-    node = g.node(nid)
-    dy, x = node.args
-    n, o, ho, wo = g.type(dy).shape
-    _, c, h, wd = g.type(x).shape
-    kh, kw = node.attrs["kernel"]
-    geo = Geometry.of(node.attrs)
+    n, o, ho, wo, c, h, wd, kh, kw = dims
     og, cg = o // geo.groups, c // geo.groups
     (sh, sw), (dh, dw_), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
     mr, nv, nb = channels_last_tile(og, cg, kw)
@@ -576,7 +571,7 @@ def _grad_weight_channels_last(g: Graph, nid: int) -> Kernel:
     chunk = max(k for k in range(1, n + 1) if n % k == 0 and (k == 1 or k * image * 4 <= CHUNK_BYTES))
     taps = kh * bblocks  # items of one channel block and output block
     per_block = oblocks * taps  # items of one channel block
-    dims = (o, ho, wo, c, cg, hp, wp, kh, kw, sh, sw, dh, dw_, chunk, nb)
+    tile_dims = (o, ho, wo, c, cg, hp, wp, kh, kw, sh, sw, dh, dw_, chunk, nb)
 
     def emit(kb: KernelBuilder, lo, hi):
         b = kb.b
@@ -604,7 +599,7 @@ def _grad_weight_channels_last(g: Graph, nid: int) -> Kernel:
                 last_o, last_c = og % mr, cg % width  # rows of the last output block, lanes of the last channel block
 
                 def tile(rows, lanes):
-                    _channels_last_tile(kb, dy, nid, rows, lanes, where, dims)
+                    _channels_last_tile(kb, dy, nid, rows, lanes, where, tile_dims)
 
                 def by_lanes(rows):
                     if not last_c:
