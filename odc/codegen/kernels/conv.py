@@ -620,7 +620,7 @@ def _grad_weight_channels_last(dy: int, x: int, nid: int, dims: tuple, geo: Geom
                             by_lanes(mr)
 
     return Kernel([dy, x, nid], geo.groups * cblocks * per_block, n * o * ho * wo * cg * kh * kw / 24, emit,
-                  chunk * image * 4, names=["conv2d_grad_weight"])
+                  (chunk * image + mr * nb * width) * 4, names=["conv2d_grad_weight"])
 
 
 def transpose16(kb: KernelBuilder, rows: list) -> list:
@@ -686,13 +686,15 @@ def _channels_last_tile(kb, dy, dw, rows, lanes, where, dims) -> None:
                 for q in range(nb):
                     for v in range(nv):
                         kb.set(accs[r][q][v], kb.fma(d, xv[q][v], kb.get(accs[r][q][v])))
-    first = b.icmp_signed("==", n0, kb.i64(0))
+    # the sums go through a buffer after xt into dw[o0 + r, ci0 + l, a, b0 + q] (a loop, not
+    # rows * nb * lanes unrolled stores: LLVM's time grows with the code)
+    buf = kb.gep(kb.scratch, chunk * hp * wp * c)
     for r in range(rows):
         for q in range(nb):
             for v in range(nv):
-                acc = kb.get(accs[r][q][v])
-                for lane in range(min(VW, lanes - v * VW)):
-                    at = kb.add(kb.mul(kb.add(kb.mul(kb.add(o0, r), cg), kb.add(ci0, v * VW + lane)), kh * kw),
-                                kb.add(kb.mul(a, kw), kb.add(b0, q)))
-                    before = b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at))
-                    kb.store(b.fadd(before, b.extract_element(acc, ir.Constant(I32, lane))), kb.ptr(dw), at)
+                kb.vstore(kb.get(accs[r][q][v]), buf, ((r * nb + q) * nv + v) * VW)
+    first = b.icmp_signed("==", n0, kb.i64(0))
+    with kb.loop(0, rows, name="r") as r, kb.loop(0, nb, name="q") as q, kb.loop(0, lanes, name="l") as lane:
+        at = kb.add(kb.mul(kb.add(kb.mul(kb.add(o0, r), cg), kb.add(ci0, lane)), kh * kw), kb.add(kb.mul(a, kw), kb.add(b0, q)))
+        total = kb.load(buf, kb.add(kb.mul(kb.add(kb.mul(r, nb), q), nv * VW), lane))
+        kb.store(b.fadd(b.select(first, kb.const(0.0), kb.load(kb.ptr(dw), at)), total), kb.ptr(dw), at)
