@@ -81,6 +81,7 @@ class Graph:
         self.outputs: list[tuple[str, int]] = []
         self.meta: dict[str, Any] = {}  # e.g. the train recipe, the source file
         self._next_id = 0
+        self._order: list[int] | None = None  # `order`, until the next change of nodes or edges
 
     # -- building ---------------------------------------------------------------------------
     def add(self, op: str, args: Iterable[int] = (), attrs: dict | None = None,
@@ -94,6 +95,7 @@ class Graph:
         self.nx.add_node(nid, node=Node(nid, op, args, dict(attrs or {}), type, span, name))
         for a in args:
             self.nx.add_edge(a, nid)
+        self._order = None
         return nid
 
     def set_args(self, nid: int, args: Iterable[int]) -> None:
@@ -103,6 +105,7 @@ class Graph:
         node.args = tuple(args)
         for a in node.args:
             self.nx.add_edge(a, nid)
+        self._order = None
 
     def replace_uses(self, old: int, new: int) -> None:
         """Make every user of `old` (and every output) use `new` instead."""
@@ -114,6 +117,12 @@ class Graph:
         if any(True for _ in self.nx.successors(nid)):
             raise ValueError(f"node %{nid} still has users")
         self.nx.remove_node(nid)
+        self._order = None
+
+    def remove_all(self, nids: Iterable[int]) -> None:
+        """Removes the nodes `nids` and their edges (users included: remove them all)."""
+        self.nx.remove_nodes_from(nids)
+        self._order = None
 
     # -- queries ----------------------------------------------------------------------------
     def node(self, nid: int) -> Node:
@@ -132,8 +141,11 @@ class Graph:
         return self.nx.number_of_nodes()
 
     def order(self) -> list[int]:
-        """Node ids in a deterministic topological order (ties broken by id)."""
-        return list(nx.lexicographical_topological_sort(self.nx))
+        """Node ids in a deterministic topological order (ties broken by id); kept until the
+        graph changes (nodes and edges change only through the methods above)."""
+        if self._order is None:
+            self._order = list(nx.lexicographical_topological_sort(self.nx))
+        return list(self._order)
 
     def nodes(self) -> list[Node]:
         return [self.node(i) for i in self.order()]
@@ -164,4 +176,5 @@ class Graph:
         g.outputs = list(self.outputs)
         g.meta = dict(self.meta)
         g._next_id = self._next_id
+        g._order = self._order
         return g

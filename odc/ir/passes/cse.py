@@ -14,8 +14,6 @@ several users of one value repeat its scalar constants and reshapes.
 """
 from __future__ import annotations
 
-import json
-
 from odc.ir.graph import ARG_OPS, Graph
 
 name = "cse"
@@ -29,7 +27,7 @@ def run(g: Graph) -> Graph:
         n = g.node(nid)
         if n.op in ARG_OPS:
             continue
-        key = (n.op, tuple(n.args), json.dumps(n.attrs, sort_keys=True, default=str), n.type)
+        key = (n.op, n.args, repr(sorted(n.attrs.items())), n.type)
         first = seen.setdefault(key, nid)
         if first != nid:
             g.replace_uses(nid, first)

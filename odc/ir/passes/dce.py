@@ -22,5 +22,5 @@ def run(g: Graph) -> Graph:
                 live.add(a)
                 stack.append(a)
     dead = [i for i in g.nx.nodes if i not in live and g.node(i).op not in ARG_OPS]
-    g.nx.remove_nodes_from(dead)
+    g.remove_all(dead)
     return g

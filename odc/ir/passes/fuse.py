@@ -74,8 +74,10 @@ def run(g: Graph) -> Graph:
     g = g.copy()
     order = g.order()
     position = {nid: i for i, nid in enumerate(order)}
+    succ = {nid: tuple(users) for nid, users in g.nx.adjacency()}
     group = {}  # node -> representative of its group
     members: dict[int, list[int]] = {}
+    kinds = {}  # representative -> (anchor or None, the group's type), or None (see `kind`)
     for nid in order:
         n = g.node(nid)
         if n.op in ARG_OPS or n.op in ALIASES or n.op == "const":
@@ -83,29 +85,25 @@ def run(g: Graph) -> Graph:
         n.attrs.pop("fuse", None)
         group[nid] = nid
         members[nid] = [nid]
-
-    def kind(rep):
-        """(anchor or None, the group's shape and dtype), or None for a group of one op that
-        neither is elementwise nor takes an epilogue."""
-        anchor = next((m for m in members[rep] if g.node(m).op in ANCHORS), None)
-        if anchor is None and not all(is_elementwise(g, m) for m in members[rep]):
-            return None
-        return anchor, g.type(anchor if anchor is not None else rep)
+        kinds[nid] = kind(g, nid)
 
     def merge(keep: int, other: int, acyclic: bool = False) -> None:
         """Merges group `other` into group `keep` if that is legal (`acyclic`: the caller knows
         that the merge creates no cycle)."""
-        ka, kb = kind(keep), kind(other)
+        ka, kb = kinds[keep], kinds[other]
         if ka is None or kb is None or ka[1] != kb[1] or (ka[0] is not None and kb[0] is not None):
             return
         merged = set(members[keep]) | set(members[other])
         anchor = ka[0] if ka[0] is not None else kb[0]
-        if ((not acyclic and _leaves_and_returns(g, merged, group, members))
+        if ((not acyclic and _leaves_and_returns(succ, merged, group, members))
                 or (anchor is not None and _feeds(g, merged - {anchor}, anchor, position))):
             return
-        members[keep].extend(members.pop(other))
-        for m in members[keep]:
+        moved = members.pop(other)
+        members[keep].extend(moved)
+        for m in moved:
             group[m] = keep
+        kinds[keep] = (anchor, ka[1])
+        del kinds[other]
 
     # Walk 1 visits a node before its operands, so its group is still itself alone; all its
     # edges go into the target group, so a path from the merged set back into it would be a
@@ -131,6 +129,15 @@ def run(g: Graph) -> Graph:
     return g
 
 
+def kind(g: Graph, nid: int):
+    """(the node itself if it is an anchor else None, its type) for a node that can be in a
+    group of several: an anchor or an elementwise node; None for any other (it stays alone)."""
+    n = g.node(nid)
+    if n.op in ANCHORS:
+        return nid, n.type
+    return (None, n.type) if is_elementwise(g, nid) else None
+
+
 def _feeds(g: Graph, sources: set[int], target: int, position: dict[int, int]) -> bool:
     """True if a path leads from a node of `sources` to `target`: a search backwards from
     target that stops at nodes placed before every source in topological `position`."""
@@ -148,12 +155,12 @@ def _feeds(g: Graph, sources: set[int], target: int, position: dict[int, int]) -
     return False
 
 
-def _leaves_and_returns(g: Graph, merged: set[int], group: dict[int, int],
+def _leaves_and_returns(succ: dict[int, tuple], merged: set[int], group: dict[int, int],
                         members: dict[int, list[int]]) -> bool:
-    """True if some path leaves `merged` and re-enters it (merging would create a cycle). Every
-    other group counts as one node, since its kernel runs all its members at once: a path that
-    reaches one member goes on from all of them."""
-    stack = [s for m in merged for s in g.nx.successors(m) if s not in merged]
+    """True if some path leaves `merged` and re-enters it (merging would create a cycle); `succ`
+    maps each node to its users. Every other group counts as one node, since its kernel runs all
+    its members at once: a path that reaches one member goes on from all of them."""
+    stack = [s for m in merged for s in succ[m] if s not in merged]
     seen: set[int] = set()
     while stack:
         u = stack.pop()
@@ -161,7 +168,7 @@ def _leaves_and_returns(g: Graph, merged: set[int], group: dict[int, int],
             continue
         for v in members[group[u]] if u in group else [u]:
             seen.add(v)
-            for s in g.nx.successors(v):
+            for s in succ[v]:
                 if s in merged:
                     return True
                 if s not in seen:

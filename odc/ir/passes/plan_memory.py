@@ -99,12 +99,14 @@ def run(g: Graph) -> Graph:
         taken = set()
         member = set(k.nodes)
         anchor_reads = {base_of(g, a) for a in g.node(k.anchor).args} if k.anchor is not None else set()
+        operands = None  # of the elementwise part, once needed
         for v in k.stored:
             if v in owners:
                 continue
             b = v
             if is_elementwise(g, v):
-                for operand in _elementwise_operands(g, k, member):
+                operands = _elementwise_operands(g, k, member) if operands is None else operands
+                for operand in operands:
                     src = base_of(g, operand)
                     cand = block.get(src)
                     if (cand is not None and cand not in taken and stop[cand] == i
