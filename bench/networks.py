@@ -111,6 +111,8 @@ def torch_contenders(prog, path: str, threads: int, x, y, compiled: bool):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    if compiled:  # a program that trains one network: dynamo's caches and guards start afresh (else
+        torch._dynamo.reset()  # the optimizer step, guarded per SGD object, stops compiling after 8)
     make, classes = twin(path), prog.graph.type(prog.graph.output("logits")).shape[1]
     net, infer = make(torch, classes), make(torch, classes).eval()
     tx, ty = torch.from_numpy(torch_images(prog, x)), torch.from_numpy(y.astype(np.int64))
