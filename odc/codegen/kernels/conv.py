@@ -533,14 +533,15 @@ def _grad_weight_tile(kb, dy, dw, rows, where, dims) -> None:
 
 def channels_last_tile(og: int, cg: int, kw: int) -> tuple[int, int, int]:
     """(output channels MR, vectors of input channels NV, kernel columns NB) of a register tile
-    of the channels-last weight gradient: MR*NV*NB accumulators (`ACCUMULATORS` at most), MR
-    broadcast and NV*NB vector loads per pixel; the most useful multiply-adds per load (the
-    channels of partial blocks discounted)."""
+    of the channels-last weight gradient: MR*NV*NB accumulators (`ACCUMULATORS` at most) and the
+    NV*NB vectors of xt and one broadcast in registers too, MR broadcast and NV*NB vector loads
+    per pixel; the most useful multiply-adds per load (the channels of partial blocks
+    discounted)."""
     best = None
     for nb in sorted({1, kw}):
         for nv in range(1, min(4, -(-cg // VW)) + 1):
             mr = min(og, ACCUMULATORS // (nv * nb))
-            if mr < 1:
+            if mr < 1 or mr * nv * nb + nv * nb + 1 > REGISTERS:  # accumulators, xt vectors, a broadcast
                 continue
             useful = og / (-(-og // mr) * mr) * cg / (-(-cg // (nv * VW)) * nv * VW)
             score = mr * nv * nb * useful / (mr + nv * nb)
