@@ -16,7 +16,9 @@ in PyTorch's usual eager loop (`torch.nn`, `torch.optim`, `torch.optim.lr_schedu
   of the 4-pixel zero-padded image and horizontal flips (torchvision's RandomCrop(32, padding=4)
   and RandomHorizontalFlip, written here in numpy), per-channel normalisation, SGD with
   momentum (Nesterov for cifar_cnn) and weight decay, CosineAnnealingLR over the run, batch 128.
-Each side draws its own initial weights, dropout masks, augmentations and batch order. Prints,
+Both cut each epoch into batches as odc does (`odc.runtime.train.epoch_batches`: a last, partial
+batch is filled up with images drawn from the rest of the epoch). Each side draws its own initial
+weights, dropout masks, augmentations and batch order. Prints,
 per epoch, the rate, accuracy on the evaluated part, mean training loss and seconds of each.
 """
 from __future__ import annotations
@@ -97,6 +99,7 @@ def torch_run(name: str, data, epochs: int, threads: int) -> list[dict]:
     import torch
 
     from odc.runtime.data import as_float
+    from odc.runtime.train import epoch_batches
 
     _, make_net, loss_name, make_opt, make_sched, batch, augment, normalize = RECIPES[name]
     torch.set_num_threads(threads)
@@ -117,23 +120,21 @@ def torch_run(name: str, data, epochs: int, threads: int) -> list[dict]:
     for epoch in range(1, epochs + 1):
         lr = opt.param_groups[0]["lr"]
         net.train()
-        t0, total = time.perf_counter(), 0.0
-        order = rng.permutation(len(data.train_y))
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for idx in epoch_batches(len(data.train_y), batch, rng):  # odc's batches: the last filled up
             images = data.train_x[idx] if augment is None else augment(data.train_x[idx], rng)
             x, y = prepare(images), torch.tensor(data.train_y[idx].astype("int64"))
             opt.zero_grad()
             loss = loss_fn(net(x), y)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
         seconds = time.perf_counter() - t0
         sched.step()
         net.eval()
         with torch.no_grad():
             pred = torch.cat([net(prepare(eval_x[i:i + 1000])).argmax(1) for i in range(0, len(eval_y), 1000)])
-        out.append({"epoch": epoch, "lr": lr, "train_loss": total / len(order),
+        out.append({"epoch": epoch, "lr": lr, "train_loss": total / seen,
                     "accuracy": (pred.numpy() == eval_y).mean(), "train_seconds": seconds})
     return out
 

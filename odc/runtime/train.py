@@ -3,10 +3,10 @@
 One epoch: shuffle the training images with the run's RNG (seeded from the recipe's `seed`; its
 state is saved with every checkpoint, as is the model's own RNG for dropout, so a resumed run
 draws the same numbers as an uninterrupted one), cut the permutation into mini-batches of the
-recipe's size (the last one holds the remainder: every image is used once per epoch), and call
-`model.train_step` on each. The one exception: a last batch in which a batch norm would see one
-value per channel (a single image, after the spatial size has shrunk to 1x1) cannot be trained
-on (see `odc.program`); it is left out of every epoch, with a note. Then check that every
+recipe's size (`epoch_batches`: a last, partial batch is filled up with images drawn at random
+from the rest of the epoch, so every image is used at least once per epoch and every step has
+the same size: the training step is compiled once per run), and call `model.train_step` on
+each. Then check that every
 parameter and state value is finite and evaluate (top-1 accuracy and the recipe's loss) on the
 validation part if the run holds one out, else on the test part: a run that diverged stops there
 with an OdcError (exit 1), keeping the last good checkpoint. Otherwise write the checkpoint
@@ -167,27 +167,39 @@ def _progress(total: int, desc: str):
                 dynamic_ncols=True, disable=not sys.stderr.isatty())
 
 
-def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str,
-                drop_last: bool = False, rate=None) -> float:
-    """One pass over the training images in a random order; returns the mean training loss.
-    With `drop_last`, the last partial batch is left out. `rate(i)`, if given, is the learning
-    rate of the epoch's i-th call."""
-    order = rng.permutation(len(data.train_y))
-    n = len(order) - len(order) % batch if drop_last else len(order)
-    total = 0.0
-    with _progress(n, desc) as bar:
-        for i, start in enumerate(range(0, n, batch)):
-            idx = order[start:start + batch]
+def epoch_batches(n: int, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """An epoch's mini-batches of the indices 0..n-1: a random permutation cut into batches of
+    `batch`; when n is not a multiple of it, the last batch holds the remaining indices and
+    `batch - n % batch` others, drawn without repetition from the rest of the permutation. All
+    batches have `batch` indices (or there is one of n, when n <= batch)."""
+    order = rng.permutation(n)
+    if n <= batch:
+        return [order]
+    full = n - n % batch
+    batches = [order[start:start + batch] for start in range(0, full, batch)]
+    if full < n:
+        batches.append(np.concatenate([order[full:], order[rng.choice(full, batch - (n - full), replace=False)]]))
+    return batches
+
+
+def train_epoch(model, data: Dataset, rng: np.random.Generator, batch: int, desc: str, rate=None) -> float:
+    """One pass over the training images in a random order (`epoch_batches`); returns the mean
+    training loss over the images of its steps. `rate(i)`, if given, is the learning rate of the
+    epoch's i-th call."""
+    batches = epoch_batches(len(data.train_y), batch, rng)
+    total, seen = 0.0, 0
+    with _progress(sum(map(len, batches)), desc) as bar:
+        for i, idx in enumerate(batches):
             if rate is not None:
                 model.lr = rate(i)
             loss = float(model.train_step(batch_of(model, data.train_x[idx]), data.train_y[idx]))
             if not math.isfinite(loss):
-                raise OdcError(f"the training loss became {loss} at image {start:,} of {desc}\n"
+                raise OdcError(f"the training loss became {loss} at step {i + 1} of {len(batches)} of {desc}\n"
                                f"hint: lower the learning rate (--lr)")
-            total += loss * len(idx)
-            bar.set_postfix_str(f"loss {total / (start + len(idx)):.4f}", refresh=False)
+            total, seen = total + loss * len(idx), seen + len(idx)
+            bar.set_postfix_str(f"loss {total / seen:.4f}", refresh=False)
             bar.update(len(idx))
-    return total / n
+    return total / seen
 
 
 def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch: int,
@@ -205,14 +217,9 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
     if "shuffle" in ckpt.rng:
         rng.bit_generator.state = ckpt.rng["shuffle"]
     n, ev = len(data.train_y), None
-    norm = model.one_value_per_channel(n % batch) if n > batch and n % batch else None
-    if norm is not None and ckpt.epoch < epochs:
-        note(f"note: the last batch of each epoch would hold {n % batch} image{'s' * (n % batch > 1)}, and "
-             f"{norm.op} at {norm.span} would see one value per channel in it; it is left out "
-             f"(use a --batch that does not leave a remainder of {n % batch} to train on every image)")
     held = data.valid_x is not None
     part = "valid" if held else "test"  # the part evaluated after every epoch
-    batches = n // batch if norm is not None else -(-n // batch)
+    batches = -(-n // batch)  # steps per epoch (epoch_batches)
     schedule = schedules.Schedule(recipe.get("schedule"), recipe["optimizer"]["lr"], epochs, batches,
                         recipe.get("accumulate", 1))
     stop = recipe.get("early_stop")
@@ -224,7 +231,7 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         losses = [r[f"{part}_loss"] for r in ckpt.history]
         rate = lambda i: schedule.rate(epoch, i, losses)  # noqa: E731 (the epoch's, by call)
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}", norm is not None, rate)
+        train_loss = train_epoch(model, data, rng, batch, f"epoch {epoch}/{epochs}", rate)
         seconds = time.perf_counter() - t0
         kept = (f"{out / checkpoint.FILENAME} keeps epoch {ckpt.epoch}" if ckpt.epoch else
                 "no checkpoint was written")
@@ -246,7 +253,7 @@ def fit(model, data: Dataset, ckpt: Checkpoint, out: Path, *, epochs: int, batch
         if held:
             record.update(test_loss=None if final is None else final.loss,
                           test_accuracy=None if final is None else final.accuracy)
-        record.update(samples_per_s=len(data.train_y) / seconds, train_seconds=seconds,
+        record.update(samples_per_s=batches * min(batch, n) / seconds, train_seconds=seconds,
                       eval_seconds=time.perf_counter() - t0 - seconds)
         log(f"epoch {epoch:>{len(str(epochs))}}/{epochs}  lr {record['lr']:.4g}  train loss {train_loss:.4f}  "
             f"{part} loss {ev.loss:.4f}  {part} accuracy {ev.accuracy:6.2%}  "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 import odc
@@ -21,7 +22,7 @@ from odc.errors import OdcError
 from odc.ir.ops import log_softmax_ref
 from odc import checkpoint, program
 from odc.runtime.data import as_float, load_dataset, load_sample
-from odc.runtime.train import read_image
+from odc.runtime.train import epoch_batches, read_image
 from tests.runtime.files import metrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -318,17 +319,17 @@ BATCHNORM_1X1 = TINY.replace("x = dropout(relu(dense(flatten(image), 32)), 0.2)"
                              "x = flatten(relu(batchnorm2d(conv2d(image, out=8, kernel=28))))")
 
 
-def test_a_last_batch_of_one_image_is_left_out_when_batchnorm_needs_two(tmp_path, data_dir, capsys):
+def test_a_last_batch_of_one_image_is_filled_up_so_batchnorm_sees_a_whole_batch(tmp_path, data_dir, capsys):
     """470 images, --batch 469: the last batch would be one image, on which the batch norm after a
-    28x28 convolution (a 1x1 output) sees one value per channel. It is left out, with one note,
-    and the running variance stays finite, so the trained model predicts."""
+    28x28 convolution (a 1x1 output) would see one value per channel. It is filled up to 469
+    images, so both steps of each epoch train, through one compiled step, the running variance
+    stays finite and the trained model predicts."""
     model_file = tmp_path / "bn.od"
     model_file.write_text(BATCHNORM_1X1)
     assert train(model_file, data_dir, tmp_path / "r", "--epochs", 2, "--batch", 469) == 0
     err = capsys.readouterr().err
-    assert err.count("left out") == 1
-    assert re.search(r"note: the last batch of each epoch would hold 1 image, and batchnorm2d at "
-                     rf"{re.escape(str(model_file))}:3:22 would see one value per channel in it", err)
+    assert re.findall(r"^compiling Tiny (.+) for batch (\d+) \.\.\.$", err, re.M) == [
+        ("train step", "469"), ("forward pass", "188")]
     ckpt = checkpoint.read(tmp_path / "r")
     var = ckpt.state["batchnorm2d1.running_var"]
     assert np.isfinite(var).all() and (var != 1).all()  # trained, and not NaN
@@ -338,6 +339,18 @@ def test_a_last_batch_of_one_image_is_left_out_when_batchnorm_needs_two(tmp_path
     assert metrics(tmp_path / "r")[1]["test_accuracy"] == pytest.approx((logits.argmax(1) == data.test_y).mean())
 
 
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(1, 300), batch=st.integers(1, 64), seed=st.integers(0, 2**32 - 1))
+def test_epoch_batches_use_every_image_in_batches_of_one_size(n, batch, seed):
+    batches = epoch_batches(n, batch, np.random.default_rng(seed))
+    assert len(batches) == -(-n // batch)
+    assert {len(b) for b in batches} == {min(n, batch)}
+    assert all(len(set(b.tolist())) == len(b) for b in batches)  # no image twice in one step
+    counts = np.bincount(np.concatenate(batches), minlength=n)
+    assert len(counts) == n and counts.min() == 1  # every image, at least once
+    assert (counts > 1).sum() == len(batches) * min(n, batch) - n  # the fill, each once more
+
+
 def test_compile_messages_go_to_stderr_when_it_is_not_a_terminal(model_file, data_dir, tmp_path, capsys):
     """470 train images in batches of 32 (the last holds 22), 188 test images evaluated at once."""
     assert train(model_file, data_dir, tmp_path / "r", "--epochs", 2) == 0
@@ -345,7 +358,7 @@ def test_compile_messages_go_to_stderr_when_it_is_not_a_terminal(model_file, dat
     assert not sys.stderr.isatty()
     compiled = re.findall(r"^compiling Tiny (.+) for batch (\d+) \.\.\.\ncompiled Tiny \1 for batch \2 in "
                           r"\d+\.\d s$", captured.err, re.M)
-    assert compiled == [("train step", "32"), ("train step", "22"), ("forward pass", "188")]
+    assert compiled == [("train step", "32"), ("forward pass", "188")]  # the last batch is filled up
     assert "compiling" not in captured.out and "compiled" not in captured.out
 
 
