@@ -82,6 +82,7 @@ class Graph:
         self.meta: dict[str, Any] = {}  # e.g. the train recipe, the source file
         self._next_id = 0
         self._order: list[int] | None = None  # `order`, until the next change of nodes or edges
+        self._args: dict[str | None, list[Node]] = {}  # `args_of`, until the next change of nodes
 
     # -- building ---------------------------------------------------------------------------
     def add(self, op: str, args: Iterable[int] = (), attrs: dict | None = None,
@@ -95,7 +96,7 @@ class Graph:
         self.nx.add_node(nid, node=Node(nid, op, args, dict(attrs or {}), type, span, name))
         for a in args:
             self.nx.add_edge(a, nid)
-        self._order = None
+        self._order, self._args = None, {}
         return nid
 
     def set_args(self, nid: int, args: Iterable[int]) -> None:
@@ -117,12 +118,12 @@ class Graph:
         if any(True for _ in self.nx.successors(nid)):
             raise ValueError(f"node %{nid} still has users")
         self.nx.remove_node(nid)
-        self._order = None
+        self._order, self._args = None, {}
 
     def remove_all(self, nids: Iterable[int]) -> None:
         """Removes the nodes `nids` and their edges (users included: remove them all)."""
         self.nx.remove_nodes_from(nids)
-        self._order = None
+        self._order, self._args = None, {}
 
     # -- queries ----------------------------------------------------------------------------
     def node(self, nid: int) -> Node:
@@ -151,9 +152,12 @@ class Graph:
         return [self.node(i) for i in self.order()]
 
     def args_of(self, kind: str | None = None) -> list[Node]:
-        """Function arguments (``input``/``param``/``state`` nodes) in creation order."""
-        kinds = ARG_OPS if kind is None else (kind,)
-        return [self.node(i) for i in sorted(self.nx.nodes) if self.node(i).op in kinds]
+        """Function arguments (``input``/``param``/``state`` nodes) in creation order; kept until
+        nodes are added or removed (a training loop asks for them at every step)."""
+        if kind not in self._args:
+            kinds = ARG_OPS if kind is None else (kind,)
+            self._args[kind] = [n for _, n in sorted(self.nx.nodes(data="node")) if n.op in kinds]
+        return list(self._args[kind])
 
     def inputs(self) -> list[Node]:
         return self.args_of("input")
