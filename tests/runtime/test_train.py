@@ -352,7 +352,8 @@ def test_epoch_batches_use_every_image_in_batches_of_one_size(n, batch, seed):
 
 
 def test_compile_messages_go_to_stderr_when_it_is_not_a_terminal(model_file, data_dir, tmp_path, capsys):
-    """470 train images in batches of 32 (the last holds 22), 188 test images evaluated at once."""
+    """470 train images in batches of 32 (the last, of 22, filled up to 32), 188 test images
+    evaluated at once: one training step compiled, one forward pass."""
     assert train(model_file, data_dir, tmp_path / "r", "--epochs", 2) == 0
     captured = capsys.readouterr()
     assert not sys.stderr.isatty()
