@@ -6,9 +6,9 @@ draws the same numbers as an uninterrupted one), cut the permutation into mini-b
 recipe's size (`epoch_batches`: a last, partial batch is filled up with images drawn at random
 from the rest of the epoch, so every image is used at least once per epoch and every step has
 the same size: the training step is compiled once per run), and call `model.train_step` on
-each. Then check that every
-parameter and state value is finite and evaluate (top-1 accuracy and the recipe's loss) on the
-validation part if the run holds one out, else on the test part: a run that diverged stops there
+each. Then check that every parameter and state value is finite and evaluate (top-1 accuracy
+and the recipe's loss) on the validation part if the run holds one out, else on the test part:
+a run that diverged stops there
 with an OdcError (exit 1), keeping the last good checkpoint. Otherwise write the checkpoint
 atomically, then `metrics.jsonl` (rewritten from the checkpoint's history, so the two always agree
 after a resume; strict JSON, see `checkpoint.json_text`) and `curves.png`; a write that fails (a
