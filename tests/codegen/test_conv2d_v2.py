@@ -1,7 +1,7 @@
 """conv2d of language v2 (per-axis stride, asymmetric padding, pad="same", dilation, groups,
 depthwise, rectangular kernels), exact to PyTorch:
 (a) the compiled kernels of conv2d and its two gradients against the numpy references, many
-    configurations per compiled graph;
+    configurations per compiled graph (the Winograd F(2x2, 3x3) layers apart too);
 (b) the numpy references against torch.nn.functional.conv2d and its autograd (float64);
 (c) a small .od model of depthwise, dilated, rectangular and "same" convolutions: loss, every
     gradient and the logits of the compiled code against a torch.nn twin with its weights;
@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import odc
+from odc.codegen.kernels import winograd
 from odc.frontend import parse_source
 from odc.ir import interp
 from odc.ir.ops.conv import Geometry, conv2d_grad_input_ref, conv2d_grad_weight_ref, conv2d_ref
@@ -142,6 +143,60 @@ def test_weight_gradient_of_chosen_wide_layers(check_ops):
             ((5, 512, 2, 2), (512, 512, 3, 3), {"stride": 1, "pad": 1}),
             ((3, 256, 1, 1), (40, 256, 3, 3), {"stride": 1, "pad": 1})]
     check_ops([op_cases(xs, ws, attrs, i)[3] for i, (xs, ws, attrs) in enumerate(geos)], rtol=1e-5, atol=1e-4)
+
+
+@st.composite
+def winograd_geometry(draw):
+    """(x shape, weight shape, attrs) of a dense 3x3 stride-1 layer that runs as Winograd
+    F(2x2, 3x3): channel counts off the vector width and the register tile, padding 0 to 2 on
+    each side (odd outputs drop a tile's last row or column), images from 1x1 to wider than
+    two vectors of tiles, batches that leave a partial block of images; whole vectors of input
+    channels too, whose weight gradient runs as F(2x2, 3x3) as well."""
+    cin, cout = draw(st.one_of(st.integers(8, 40), st.sampled_from([32, 48, 64]))), draw(st.integers(8, 40))
+    pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    h = draw(st.integers(max(1, 3 - pad[0] - pad[1]), 20))
+    w = draw(st.integers(max(1, 3 - pad[2] - pad[3]), 40))
+    n = draw(st.integers(1, 5))
+    return (n, cin, h, w), (cout, cin, 3, 3), Geometry((1, 1), pad, (1, 1), 1).attrs()
+
+
+@SETTINGS
+@given(st.lists(winograd_geometry(), min_size=2, max_size=2), st.integers(0, 2**31))
+def test_winograd_convolutions_match_the_references(check_ops, geos, seed):
+    for xs, ws, attrs in geos:
+        assert winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0])
+        assert winograd.applies(ws[2:], Geometry.of(attrs), ws[0], xs[1])  # its input gradient too
+    check_ops(winograd_cases(geos, seed), rtol=1e-5, atol=1e-4)
+
+
+def winograd_cases(geos, seed):
+    """The forward pass (with and without bias) and input gradient of each layer, and its
+    weight gradient where that runs as F(2x2, 3x3)."""
+    cases = []
+    for i, (xs, ws, attrs) in enumerate(geos):
+        ops_ = op_cases(xs, ws, attrs, seed + i)
+        cases += ops_[:3] + ops_[3:] * winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0], weight_gradient=True)
+    return cases
+
+
+def test_winograd_on_chosen_layers(check_ops):
+    """ResNet-20's and the CIFAR CNN's 3x3 layers at a small batch (bands of tile rows of one
+    image, and several 8x8 images to a block), the widest layer that runs as F(2x2, 3x3)
+    (128x128 channels), 2x2 and 1x1 images with padding 1, and padding wider than the kernel's
+    reach on one side only; the weight gradients of those with 32 input channels or more."""
+    geos = [((3, 16, 32, 32), (16, 16, 3, 3), {"stride": 1, "pad": 1}),
+            ((2, 32, 16, 16), (64, 32, 3, 3), {"stride": 1, "pad": 1}),
+            ((5, 64, 8, 8), (64, 64, 3, 3), {"stride": 1, "pad": 1}),
+            ((3, 128, 8, 8), (128, 128, 3, 3), {"stride": 1, "pad": 1}),
+            ((4, 20, 2, 2), (24, 20, 3, 3), {"stride": 1, "pad": 1}),
+            ((3, 9, 1, 1), (17, 9, 3, 3), {"stride": 1, "pad": 1}),
+            ((4, 96, 3, 5), (40, 96, 3, 3), {"stride": 1, "pad": [1, 2, 0, 1]}),
+            ((2, 12, 9, 7), (10, 12, 3, 3), {"stride": 1, "pad": [3, 0, 0, 3]})]
+    for xs, ws, attrs in geos:
+        assert winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0])
+    assert sum(winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0], weight_gradient=True)
+               for xs, ws, attrs in geos) >= 3
+    check_ops(winograd_cases(geos, 0), rtol=1e-5, atol=1e-4)
 
 
 # -- (b) the references against PyTorch -----------------------------------------------------------

@@ -1,6 +1,8 @@
 """Convolutions: forward, and the gradients with respect to the input and the weight, with any
 per-axis stride, asymmetric padding (top, bottom, left, right), dilation and groups (the
-attributes are read through `odc.ir.ops.conv.Geometry`).
+attributes are read through `odc.ir.ops.conv.Geometry`). Dense 3x3 layers of stride 1 with
+enough channels run their forward pass and input gradient as Winograd F(2x2, 3x3) instead
+(`odc.codegen.kernels.winograd`, 2.25 times fewer multiply-adds); the rest is below.
 
 The forward pass is a direct convolution ("implicit GEMM") over the output pixels of an image
 taken as one flat axis p = i*wo + j. The image is first copied into kw *shifted planes*, one
@@ -60,8 +62,11 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from odc.codegen.builder import ACCUMULATORS, I32, I64, REGISTERS, VW, KernelBuilder, vec
-from odc.codegen.kernels.gemm import col_tiles, contiguous_b, outer_product, store_tile
+from odc.codegen.builder import REGISTERS, VW, KernelBuilder, vec
+from odc.codegen.kernels import winograd
+from odc.codegen.kernels.copies import shifted_copy, strided_vector, transpose_copy, zero_fill
+from odc.codegen.kernels.gemm import (channels_last_tile, col_tiles, contiguous_b, conv_tile, outer_product,
+                                      store_tile)
 from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
@@ -89,65 +94,6 @@ def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, 
             d_row = kb.add(kb.mul(c, hb * wb), kb.mul(kb.add(top, kb.mul(i, step[0])), wb))
             with kb.loop(j0, j1) as j:
                 kb.store(kb.load(src, kb.add(s_row, j)), dst, kb.add(kb.add(d_row, left), kb.mul(j, step[1])))
-
-
-def zero_fill(kb: KernelBuilder, dst, count: int) -> None:
-    with kb.loop(0, count) as t:
-        kb.store(kb.const(0.0), dst, t)
-
-
-def shifted_copy(kb: KernelBuilder, src, channels, h, w, dst, rows, wo, kw, top, left,
-                 stride=(1, 1), dilation_w=1, spread=(1, 1), some=None, pitch=None) -> None:
-    """The planes that `conv_flat` reads, one per kernel column b, `wo` wide:
-    dst[b, c, y % sh, y // sh, j] = src[c, (y - top) / th, (j*sw + b*dw - left) / tw] for
-    y < rows (a multiple of sh), j < wo, where both divisions are exact and land inside src.
-    (sh, sw) = `stride`, dw = `dilation_w`, (th, tw) = `spread` (the output gradient spread by
-    the stride, for the input gradient). Other positions are not written: the caller zeroes
-    dst once, and every image writes the same positions. `some` = (first, end) copies only
-    those channels; `pitch` (default wo) is the step from one row of a plane to the next."""
-    (sh, sw), (th, tw) = stride, spread
-    pitch = pitch or wo
-    plane, hq = rows * pitch, rows // sh
-    i_lo, i_hi = max(0, -(top // th)), min(h, (rows - 1 - top) // th + 1)  # rows of src used
-    runs = []  # per b: (first j, first source column, j step, source step, count)
-    for b in range(kw):
-        pairs = [(j, (j * sw + b * dilation_w - left) // tw) for j in range(wo)
-                 if (j * sw + b * dilation_w - left) % tw == 0 and 0 <= (j * sw + b * dilation_w - left) // tw < w]
-        if pairs:
-            steps = (pairs[1][0] - pairs[0][0], pairs[1][1] - pairs[0][1]) if len(pairs) > 1 else (1, 1)
-            runs.append((b, *pairs[0], *steps, len(pairs)))
-    if i_lo >= i_hi or not runs:
-        return
-    with kb.loop(*(some or (0, channels))) as c, kb.loop(i_lo, i_hi) as i:
-        y = kb.add(top, kb.mul(i, th))
-        if sh > 1:  # the rows of one phase y % sh are consecutive
-            y = kb.add(kb.mul(kb.b.srem(y, kb.i64(sh)), hq), kb.b.sdiv(y, kb.i64(sh)))
-        s_row = kb.gep(src, kb.add(kb.mul(c, h * w), kb.mul(i, w)))
-        d_row = kb.add(kb.mul(c, plane), kb.mul(y, pitch))
-        for b, j0, s0, dj, ds, count in runs:
-            d = kb.add(d_row, b * channels * plane + j0)
-            if dj == 1:  # contiguous stores of (strided) loads
-                for k in range(0, count, VW):
-                    lanes = min(VW, count - k)
-                    kb.vstore(strided_vector(kb, s_row, s0 + k * ds, ds, lanes), dst, kb.add(d, k),
-                              mask=kb.tail_mask(lanes))
-            else:
-                with kb.loop(0, count) as k:
-                    kb.store(kb.load(s_row, kb.add(s0, kb.mul(k, ds))), dst, kb.add(d, kb.mul(k, dj)))
-
-
-def conv_tile(m: int, n: int) -> tuple[int, int]:
-    """(channels, vectors of pixels) of a register tile over m channels and n pixels: as many
-    accumulators as fit (`ACCUMULATORS`) after discounting the channels of partial tiles, then
-    the fewest loads per FMA."""
-    best = None
-    for nv in range(1, min(4, -(-n // VW)) + 1):
-        for mr in range(1, min(m, ACCUMULATORS // nv) + 1):
-            useful = m / (-(-m // mr) * mr)
-            score = (mr * nv * useful, -(mr + nv) / (mr * nv))
-            if best is None or score > best[0]:
-                best = (score, (mr, nv))
-    return best[1]
 
 
 def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row, w_steps, m, kh, kw,
@@ -228,24 +174,6 @@ def conv_chunks(kb: KernelBuilder, lo, hi, chunk, groups, copy, convolve, out, o
         for_groups(kb, groups, group)
 
 
-def strided_vector(kb: KernelBuilder, base, off, stride: int, lanes: int):
-    """Elements base[off + l*stride] for l < lanes (the other lanes unspecified): contiguous
-    vector loads, masked past the last element needed, then one shuffle that picks the lanes."""
-    if stride == 1:
-        return kb.vload(base, off, mask=kb.tail_mask(lanes))
-    span = (lanes - 1) * stride + 1
-    parts = [kb.vload(base, kb.add(off, k * VW), mask=kb.tail_mask(min(VW, span - k * VW)))
-             for k in range(-(-span // VW))]
-    while len(parts) > 1:  # concatenate pairwise (an odd one out with zeros)
-        width = parts[0].type.count
-        if len(parts) % 2:
-            parts.append(ir.Constant(vec(width), None))
-        parts = [kb.b.shuffle_vector(parts[k], parts[k + 1], ir.Constant(vec(2 * width, I32), list(range(2 * width))))
-                 for k in range(0, len(parts), 2)]
-    pick = [l * stride if l < lanes else 0 for l in range(VW)]
-    return kb.b.shuffle_vector(parts[0], ir.Constant(parts[0].type, None), ir.Constant(vec(VW, I32), pick))
-
-
 def plane_conv(kb: KernelBuilder, src, ws, stride, dilation, weight, w_steps, kh, kw, dst, ho, wo,
                bias=None) -> None:
     """One channel plane: dst[i, j] = Σ_{a, b} weight[a*w_steps[0] + b*w_steps[1]] *
@@ -300,6 +228,11 @@ def conv2d(g: Graph, nid: int) -> Kernel:
     groups, og = geo.groups, o // geo.groups
     (sh, _), (dh, dw) = geo.stride, geo.dilation
     top, _, left, _ = geo.pad
+    if winograd.applies((kh, kw), geo, c, o):
+        return winograd.winograd("conv2d", [x, w, nid], (n, c, h, wd, o, ho, wo, top, left),
+                                 lambda kb, image: kb.gep(kb.ptr(x), kb.mul(image, c * h * wd)),
+                                 lambda kb, oo, cc: (kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(oo, c), cc), 9)), 3, 1),
+                                 lambda kb, image: kb.gep(kb.ptr(nid), kb.mul(image, o * ho * wo)), bias)
     values = [x, w, nid] + ([bias] if bias is not None else [])
     if groups > 1 and cg == 1:  # depthwise: each output channel reads one input channel
         emit, scratch = _depthwise(x, w, bias, nid, (n, c, h, wd, o, kh, kw, ho, wo), geo)
@@ -394,6 +327,11 @@ def conv2d_grad_input(g: Graph, nid: int) -> Kernel:
     def out(kb, image, gr):  # input channels [gr*cg, +cg) of dx
         return kb.gep(kb.ptr(nid), kb.add(kb.mul(image, c * h * wd), kb.mul(gr, cg * h * wd)))
 
+    if winograd.applies((kh, kw), geo, o, c):  # dx = dy convolved with weight(c, o, a, b) = w[o, c, 2-a, 2-b]
+        return winograd.winograd("conv2d_grad_input", [dy, w, nid], (n, o, ho, wo, c, h, wd, top, left),
+                                 lambda kb, image: kb.gep(kb.ptr(dy), kb.mul(image, o * ho * wo)),
+                                 lambda kb, cc, oo: (kb.gep(kb.ptr(w), kb.add(kb.mul(kb.add(kb.mul(oo, c), cc), 9), 8)), -3, -1),
+                                 lambda kb, image: out(kb, image, 0))
     if groups > 1 and og == 1 and cg == 1:  # depthwise: one channel plane, on a zero-bordered copy
         def emit(kb: KernelBuilder, lo, hi):
             zero_fill(kb, kb.scratch, hb * wb)  # every image fills the same positions
@@ -447,6 +385,8 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     kh, kw = node.attrs["kernel"]
     geo = Geometry.of(node.attrs)
     og, cg = o // geo.groups, c // geo.groups
+    if winograd.applies((kh, kw), geo, c, o, weight_gradient=True):
+        return winograd.winograd_grad_weight([dy, x, nid], (n, o, ho, wo, c, h, wd, geo.pad[0], geo.pad[2]))
     if cg >= CHANNELS_LAST_MIN:
         return _grad_weight_channels_last(dy, x, nid, (n, o, ho, wo, c, h, wd, kh, kw), geo)
     (sh, _), (dh, dw), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
@@ -531,25 +471,6 @@ def _grad_weight_tile(kb, dy, dw, rows, where, dims) -> None:
             kb.store(b.fadd(before, total), kb.ptr(dw), at)
 
 
-def channels_last_tile(og: int, cg: int, kw: int) -> tuple[int, int, int]:
-    """(output channels MR, vectors of input channels NV, kernel columns NB) of a register tile
-    of the channels-last weight gradient: MR*NV*NB accumulators (`ACCUMULATORS` at most) and the
-    NV*NB vectors of xt and one broadcast in registers too, MR broadcast and NV*NB vector loads
-    per pixel; the most useful multiply-adds per load (the channels of partial blocks
-    discounted)."""
-    best = None
-    for nb in sorted({1, kw}):
-        for nv in range(1, min(4, -(-cg // VW)) + 1):
-            mr = min(og, ACCUMULATORS // (nv * nb))
-            if mr < 1 or mr * nv * nb + nv * nb + 1 > REGISTERS:  # accumulators, xt vectors, a broadcast
-                continue
-            useful = og / (-(-og // mr) * mr) * cg / (-(-cg // (nv * VW)) * nv * VW)
-            score = mr * nv * nb * useful / (mr + nv * nb)
-            if best is None or score > best[0]:
-                best = (score, (mr, nv, nb))
-    return best[1]
-
-
 def _grad_weight_channels_last(dy: int, x: int, nid: int, dims: tuple, geo: Geometry) -> Kernel:
     """The weight gradient with vectors along the input channels: dw[o, c, a, b] =
     Σ_{n, i, j} dy[n, o, i, j] * xt[n, i*sh + a*dh, j*sw + b*dw, c], where xt is a chunk of images
@@ -622,45 +543,6 @@ def _grad_weight_channels_last(dy: int, x: int, nid: int, dims: tuple, geo: Geom
 
     return Kernel([dy, x, nid], geo.groups * cblocks * per_block, n * o * ho * wo * cg * kh * kw / 24, emit,
                   (chunk * image + mr * nb * width) * 4, names=["conv2d_grad_weight"])
-
-
-def transpose16(kb: KernelBuilder, rows: list) -> list:
-    """The transpose of a VW x VW matrix held as VW row vectors: log2(VW) stages, each
-    exchanging the off-diagonal s x s blocks of every 2s x 2s block with one two-vector shuffle
-    per row (s = VW/2, ..., 1)."""
-    m, s = list(rows), VW // 2
-    while s:
-        for i in [i for i in range(VW) if not i & s]:
-            lo = [q if not q & s else VW + q - s for q in range(VW)]
-            hi = [q + s if not q & s else VW + q for q in range(VW)]
-            m[i], m[i + s] = (kb.b.shuffle_vector(m[i], m[i + s], ir.Constant(vec(VW, I32), lo)),
-                              kb.b.shuffle_vector(m[i], m[i + s], ir.Constant(vec(VW, I32), hi)))
-        s //= 2
-    return m
-
-
-def transpose_copy(kb: KernelBuilder, src, pixels: int, channels, dst, pixel) -> None:
-    """dst[pixel(q) + ch] = src[ch * pixels + q] for ch in [channels[0], channels[1]) and q <
-    pixels: an image copied channels last, VW x VW blocks transposed in registers (masked at
-    the edges)."""
-    b = kb.b
-    lo, hi = channels
-    with kb.loop(lo, hi, VW, name="cb") as c0:
-        count = kb.smin(VW, b.sub(hi, c0))
-        with kb.loop(0, pixels, VW, name="qb") as q0:
-            lanes = kb.smin(VW, b.sub(kb.i64(pixels), q0))
-            in_lanes = b.icmp_signed("<", ir.Constant(vec(VW, I64), list(range(VW))), kb.splat(lanes))
-            rows = []
-            for r in range(VW):
-                valid = b.icmp_signed("<", kb.i64(r), count)
-                row = kb.add(kb.mul(kb.add(c0, r), pixels), q0)
-                mask = b.and_(in_lanes, kb.splat(valid))
-                rows.append(kb.vload(src, row, mask=mask))
-            cols = transpose16(kb, rows)
-            out_mask = b.icmp_signed("<", ir.Constant(vec(VW, I64), list(range(VW))), kb.splat(count))
-            for q in range(VW):
-                with b.if_then(b.icmp_signed("<", kb.i64(q), lanes)):
-                    kb.vstore(cols[q], dst, kb.add(pixel(kb.add(q0, q)), c0), mask=out_mask)
 
 
 def _channels_last_tile(kb, dy, dw, rows, lanes, where, dims) -> None:

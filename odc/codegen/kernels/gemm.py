@@ -109,6 +109,39 @@ def store_tile(kb: KernelBuilder, accs, c_ptrs, lanes_last: int, bias=None):
             kb.vstore(acc, c_ptrs[r], v * VW, mask=kb.tail_mask(lanes_last) if v == nv - 1 else None)
 
 
+def conv_tile(m: int, n: int) -> tuple[int, int]:
+    """(channels, vectors of pixels) of a register tile over m channels and n pixels: as many
+    accumulators as fit (`ACCUMULATORS`) after discounting the channels of partial tiles, then
+    the fewest loads per FMA."""
+    best = None
+    for nv in range(1, min(4, -(-n // VW)) + 1):
+        for mr in range(1, min(m, ACCUMULATORS // nv) + 1):
+            useful = m / (-(-m // mr) * mr)
+            score = (mr * nv * useful, -(mr + nv) / (mr * nv))
+            if best is None or score > best[0]:
+                best = (score, (mr, nv))
+    return best[1]
+
+
+def channels_last_tile(og: int, cg: int, kw: int) -> tuple[int, int, int]:
+    """(output channels MR, vectors of input channels NV, kernel columns NB) of a register tile
+    of the channels-last weight gradient: MR*NV*NB accumulators (`ACCUMULATORS` at most) and the
+    NV*NB vectors of xt and one broadcast in registers too, MR broadcast and NV*NB vector loads
+    per pixel; the most useful multiply-adds per load (the channels of partial blocks
+    discounted)."""
+    best = None
+    for nb in sorted({1, kw}):
+        for nv in range(1, min(4, -(-cg // VW)) + 1):
+            mr = min(og, ACCUMULATORS // (nv * nb))
+            if mr < 1 or mr * nv * nb + nv * nb + 1 > REGISTERS:  # accumulators, xt vectors, a broadcast
+                continue
+            useful = og / (-(-og // mr) * mr) * cg / (-(-cg // (nv * VW)) * nv * VW)
+            score = mr * nv * nb * useful / (mr + nv * nb)
+            if best is None or score > best[0]:
+                best = (score, (mr, nv, nb))
+    return best[1]
+
+
 def tile_shape(m: int, n: int) -> tuple[int, int]:
     """(MR, NV) for an outer-product tile over m rows and n columns."""
     nv = 1 if n <= VW else 2
