@@ -152,7 +152,8 @@ def winograd_geometry(draw):
     each side (odd outputs drop a tile's last row or column), images from 1x1 to wider than
     two vectors of tiles, batches that leave a partial block of images; whole vectors of input
     channels too, whose weight gradient runs as F(2x2, 3x3) as well."""
-    cin, cout = draw(st.one_of(st.integers(8, 40), st.sampled_from([32, 48, 64]))), draw(st.integers(8, 40))
+    low = winograd.MIN_CHANNELS  # 8 with AVX2, 16 with AVX-512
+    cin, cout = draw(st.one_of(st.integers(low, 40), st.sampled_from([32, 48, 64]))), draw(st.integers(low, 40))
     pad = tuple(draw(st.integers(0, 2)) for _ in range(4))
     h = draw(st.integers(max(1, 3 - pad[0] - pad[1]), 20))
     w = draw(st.integers(max(1, 3 - pad[2] - pad[3]), 40))
@@ -181,22 +182,26 @@ def winograd_cases(geos, seed):
 
 def test_winograd_on_chosen_layers(check_ops):
     """ResNet-20's and the CIFAR CNN's 3x3 layers at a small batch (bands of tile rows of one
-    image, and several 8x8 images to a block), the widest layer that runs as F(2x2, 3x3)
-    (128x128 channels), 2x2 and 1x1 images with padding 1, and padding wider than the kernel's
+    image, and several 8x8 images to a block), VGG-11's widest (512 channels each side, the most
+    that runs as F(2x2, 3x3)), 2x2 and 1x1 images with padding 1, and padding wider than the kernel's
     reach on one side only; the weight gradients of those with 32 input channels or more."""
     geos = [((3, 16, 32, 32), (16, 16, 3, 3), {"stride": 1, "pad": 1}),
             ((2, 32, 16, 16), (64, 32, 3, 3), {"stride": 1, "pad": 1}),
             ((5, 64, 8, 8), (64, 64, 3, 3), {"stride": 1, "pad": 1}),
             ((3, 128, 8, 8), (128, 128, 3, 3), {"stride": 1, "pad": 1}),
             ((4, 20, 2, 2), (24, 20, 3, 3), {"stride": 1, "pad": 1}),
-            ((3, 9, 1, 1), (17, 9, 3, 3), {"stride": 1, "pad": 1}),
+            ((3, 17, 1, 1), (19, 17, 3, 3), {"stride": 1, "pad": 1}),
             ((4, 96, 3, 5), (40, 96, 3, 3), {"stride": 1, "pad": [1, 2, 0, 1]}),
-            ((2, 12, 9, 7), (10, 12, 3, 3), {"stride": 1, "pad": [3, 0, 0, 3]})]
+            ((2, 18, 9, 7), (16, 18, 3, 3), {"stride": 1, "pad": [3, 0, 0, 3]})]
+    widest = ((2, 512, 2, 2), (512, 512, 3, 3), {"stride": 1, "pad": 1})
     for xs, ws, attrs in geos:
         assert winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0])
     assert sum(winograd.applies(ws[2:], Geometry.of(attrs), xs[1], ws[0], weight_gradient=True)
                for xs, ws, attrs in geos) >= 3
     check_ops(winograd_cases(geos, 0), rtol=1e-5, atol=1e-4)
+    # sums of 4,608 products of unit normals: outputs of about 70, float32 sums 1e-4 apart
+    assert winograd.applies(widest[1][2:], Geometry.of(widest[2]), 512, 512, weight_gradient=True)
+    check_ops(winograd_cases([widest], 0), rtol=1e-5, atol=1e-3)
 
 
 # -- (b) the references against PyTorch -----------------------------------------------------------
