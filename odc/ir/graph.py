@@ -11,6 +11,7 @@ parameters) or ``state`` (optimizer state); their `name` is the user-visible nam
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Union
 
@@ -144,8 +145,22 @@ class Graph:
     def order(self) -> list[int]:
         """Node ids in a deterministic topological order (ties broken by id); kept until the
         graph changes (nodes and edges change only through the methods above)."""
-        if self._order is None:
-            self._order = list(nx.lexicographical_topological_sort(self.nx))
+        if self._order is None:  # Kahn's algorithm, the ready nodes in a heap (networkx's
+            # lexicographical_topological_sort gives the same order three times slower)
+            waiting = {v: len(p) for v, p in self.nx.pred.items()}
+            ready = [v for v, k in waiting.items() if k == 0]
+            heapq.heapify(ready)
+            order = []
+            while ready:
+                v = heapq.heappop(ready)
+                order.append(v)
+                for u in self.nx.succ[v]:
+                    waiting[u] -= 1
+                    if not waiting[u]:
+                        heapq.heappush(ready, u)
+            if len(order) != len(waiting):
+                raise nx.NetworkXUnfeasible("the graph has a cycle")
+            self._order = order
         return list(self._order)
 
     def nodes(self) -> list[Node]:

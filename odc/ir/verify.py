@@ -22,11 +22,12 @@ class IRVerificationError(Exception):
 
 def verify(g: Graph) -> Graph:
     problems = []
-    if not nx.is_directed_acyclic_graph(g.nx):
+    try:
+        g.order()  # kept by the graph: free when a pass has asked for it
+        shown = value_names(g)
+    except nx.NetworkXUnfeasible:
         problems.append("the graph has a cycle")
         shown = {}
-    else:
-        shown = value_names(g)
     names = set()
     for nid in g.nx.nodes:
         n = g.node(nid)
