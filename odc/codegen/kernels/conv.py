@@ -37,6 +37,9 @@ With a row stride sh > 1 the rows are not spread: the output rows of each phase 
 only the kernel rows whose spread row is one of dy's, so they are computed phase by phase
 (into the scratch, then copied to their rows) over planes of dy's own rows, spread along the
 columns only; half the multiply-adds of a stride of 2 then meet a zero, not three quarters.
+At a row stride of 1, where the zero border holds a tenth of the multiply-adds or more (a
+large kernel on a small image: LeNet-5's second layer), the output rows go in bands that
+read only the kernel rows reaching dy's rows (`conv_bands`; the forward pass alike).
 
 The gradient with respect to the weight of a layer with at least a vector's worth of input
 channels per group runs channels last (`_grad_weight_channels_last`): a chunk of images is
@@ -96,15 +99,40 @@ def copy_spread(kb: KernelBuilder, src, channels, h, w, dst, hb, wb, top, left, 
                 kb.store(kb.load(src, kb.add(s_row, j)), dst, kb.add(kb.add(d_row, left), kb.mul(j, step[1])))
 
 
+def conv_bands(kb: KernelBuilder, planes, cin, rows, dilation, weight_row, w_steps, m, kh, kw, dst, ho, pitch,
+               filled, bias=None) -> None:
+    """`conv_flat` at a row stride of 1 where the planes hold data only in rows [filled) and
+    zeros around them (padding, or the border of a spread output gradient): the output rows
+    go in bands that read the same kernel rows, each band with only the kernel rows that
+    reach data, where that skips a tenth of the products or more: LeNet-5's input gradient
+    (10x10 spread to 18x18, 5x5) skips 2 of 7, a 3x3 layer with padding 1 on 32x32 only 1 in 48."""
+    dh = dilation[0]
+    bands = []  # [first row, end row, the kernel rows that reach data]
+    for i in range(ho):
+        live = tuple(a for a in range(kh) if filled[0] <= i + a * dh < filled[1])
+        if bands and bands[-1][2] == live:
+            bands[-1][1] = i + 1
+        else:
+            bands.append([i, i + 1, live])
+    if sum((i1 - i0) * len(live) for i0, i1, live in bands) > 0.9 * ho * kh:  # not worth the code
+        bands = [[0, ho, tuple(range(kh))]]
+    for i0, i1, live in bands:  # the live kernel rows are a run [a0, a0 + len(live))
+        a0 = live[0] if live else 0
+        conv_flat(kb, kb.gep(planes, (i0 + a0 * dh) * pitch), cin, rows, (1, 1), dilation,
+                  lambda o, a0=a0: kb.gep(weight_row(o), a0 * w_steps[1]), w_steps, m, len(live), kw,
+                  kb.gep(dst, i0 * pitch), i1 - i0, pitch, bias, out_stride=ho * pitch)
+
+
 def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row, w_steps, m, kh, kw,
-              dst, ho, pitch, bias=None, rows_of=None) -> None:
+              dst, ho, pitch, bias=None, rows_of=None, out_stride=None) -> None:
     """dst[o, p] = Σ_{c, a, b} weight(o; c, a, b) * planes[b, c, a*dh % sh, i + a*dh // sh, j]
     (+ bias[o]) for the pixels p = i*pitch + j of the images of a chunk, over `shifted_copy`'s
     planes, whose rows are `pitch` long; `weight_row(o)` points at weight(o; 0, 0, 0) and
     `w_steps` are the weight's element steps along c, a, b. A register tile covers `mr`
     channels × `nv` vectors of consecutive pixels, which may span several output rows (and
     images): each (c, a, b) reads the planes at a constant offset. `rows_of` = [(a, plane row)]
-    replaces the kernel rows and the plane rows they read (rows for i = 0)."""
+    replaces the kernel rows and the plane rows they read (rows for i = 0); `out_stride` is
+    dst's step from one channel to the next (default ho * pitch)."""
     (sh, _), (dh, _) = stride, dilation
     n, plane, hq = ho * pitch, rows * pitch, rows // sh
     mr, nv_max = conv_tile(m, n)
@@ -121,7 +149,7 @@ def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row
     def block(o0, nm, p0, nv, lanes):
         a_ptrs = [weight_row(kb.add(o0, r)) for r in range(nm)]
         accs = outer_product(kb, a_ptrs, loops, contiguous_b(kb, kb.gep(planes, p0), lanes, nv), nv)
-        out = [kb.gep(dst, kb.add(kb.mul(kb.add(o0, r), n), p0)) for r in range(nm)]
+        out = [kb.gep(dst, kb.add(kb.mul(kb.add(o0, r), out_stride or n), p0)) for r in range(nm)]
         biases = [kb.load(bias, kb.add(o0, r)) for r in range(nm)] if bias is not None else None
         store_tile(kb, accs, out, lanes, biases)
 
@@ -252,10 +280,15 @@ def conv2d(g: Graph, nid: int) -> Kernel:
                          pitch=chunk * wo)
 
         def convolve(dst, gr, _):  # -> output channels [gr*og, +og)
-            conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation,
-                      lambda oo: kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw)),
-                      (kh * kw, kw, 1), og, kh, kw, dst, ho, chunk * wo,
-                      kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None)
+            def weight_row(oo):
+                return kb.gep(kb.ptr(w), kb.mul(kb.add(kb.mul(gr, og), oo), cg * kh * kw))
+            bias_g = kb.gep(kb.ptr(bias), kb.mul(gr, og)) if bias is not None else None
+            if sh == 1:  # the input's rows are planes rows [top, top + h)
+                conv_bands(kb, kb.scratch, cg, rows, geo.dilation, weight_row, (kh * kw, kw, 1), og, kh, kw, dst, ho,
+                           chunk * wo, (top, top + h), bias_g)
+            else:
+                conv_flat(kb, kb.scratch, cg, rows, geo.stride, geo.dilation, weight_row, (kh * kw, kw, 1), og, kh,
+                          kw, dst, ho, chunk * wo, bias_g)
         conv_chunks(kb, lo, hi, chunk, groups, copy, convolve,
                     lambda image, gr: kb.gep(kb.ptr(nid), kb.add(kb.mul(image, o * ho * wo), kb.mul(gr, og * ho * wo))),
                     kb.gep(kb.scratch, size), og, ho, wo)
@@ -366,9 +399,14 @@ def conv2d_grad_input(g: Graph, nid: int) -> Kernel:
                          spread=(1, geo.stride[1]), pitch=chunk * wd)
 
         def convolve(dst, gr, r):
-            conv_flat(kb, kb.scratch, og, hq, (1, 1), geo.dilation, lambda cc: kb.gep(w0(kb, gr), kb.mul(cc, kh * kw)),
-                      (cg * kh * kw, -kw, -1), cg, kh, kw, dst, len(range(r, h, sh)), chunk * wd,
-                      rows_of=[(a, d + r0) for a, d in reads[r]] if sh > 1 else None)
+            def weight_row(cc):
+                return kb.gep(w0(kb, gr), kb.mul(cc, kh * kw))
+            if sh == 1:  # dy's rows are plane rows [r0, r0 + ho)
+                conv_bands(kb, kb.scratch, og, hq, geo.dilation, weight_row, (cg * kh * kw, -kw, -1), cg, kh, kw, dst,
+                           h, chunk * wd, (r0, r0 + ho))
+            else:
+                conv_flat(kb, kb.scratch, og, hq, (1, 1), geo.dilation, weight_row, (cg * kh * kw, -kw, -1), cg, kh,
+                          kw, dst, len(range(r, h, sh)), chunk * wd, rows_of=[(a, d + r0) for a, d in reads[r]])
         conv_chunks(kb, lo, hi, chunk, groups, copy, convolve, lambda image, gr: out(kb, image, gr),
                     kb.gep(kb.scratch, size), cg, h, wd, phases=sh)
 
