@@ -95,7 +95,7 @@ def run(g: Graph) -> Graph:
             return
         merged = set(members[keep]) | set(members[other])
         anchor = ka[0] if ka[0] is not None else kb[0]
-        if ((not acyclic and _leaves_and_returns(succ, merged, group, members))
+        if ((not acyclic and _leaves_and_returns(succ, merged, members[keep], group, members))
                 or (anchor is not None and _feeds(g, merged - {anchor}, anchor, position))):
             return
         moved = members.pop(other)
@@ -155,12 +155,15 @@ def _feeds(g: Graph, sources: set[int], target: int, position: dict[int, int]) -
     return False
 
 
-def _leaves_and_returns(succ: dict[int, tuple], merged: set[int], group: dict[int, int],
+def _leaves_and_returns(succ: dict[int, tuple], merged: set[int], upstream: list[int], group: dict[int, int],
                         members: dict[int, list[int]]) -> bool:
     """True if some path leaves `merged` and re-enters it (merging would create a cycle); `succ`
     maps each node to its users. Every other group counts as one node, since its kernel runs all
-    its members at once: a path that reaches one member goes on from all of them."""
-    stack = [s for m in merged for s in succ[m] if s not in merged]
+    its members at once: a path that reaches one member goes on from all of them. `merged` is
+    two groups, `upstream` one that has an edge into the other: a path out of the other group
+    cannot come back (to it, or to `upstream` before it) without a cycle the groups already
+    had, so the search starts from `upstream` only."""
+    stack = [s for m in upstream for s in succ[m] if s not in merged]
     seen: set[int] = set()
     while stack:
         u = stack.pop()
