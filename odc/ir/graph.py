@@ -187,11 +187,17 @@ class Graph:
         raise KeyError(name)
 
     def copy(self) -> "Graph":
+        """A copy whose nodes (and their attributes) can change without touching this graph.
+        Every pass starts with one, so it fills the DiGraph's adjacency dicts directly: through
+        add_nodes_from and add_edges_from a copy of MobileNet's training graph took 9 ms, a
+        third of it networkx's bookkeeping (edges carry no data: one empty dict per edge,
+        shared by the successor and predecessor maps, as networkx keeps them)."""
         g = Graph(self.name)
-        g.nx = nx.DiGraph()
-        g.nx.add_nodes_from((i, {"node": Node(n.id, n.op, n.args, dict(n.attrs), n.type, n.span, n.name)})
-                            for i, n in ((i, d["node"]) for i, d in self.nx.nodes(data=True)))
-        g.nx.add_edges_from(self.nx.edges)
+        g.nx = h = nx.DiGraph()
+        h._node = {i: {"node": Node(n.id, n.op, n.args, dict(n.attrs), n.type, n.span, n.name)}
+                   for i, n in self.nx.nodes(data="node")}
+        h._succ = h._adj = {u: {v: {} for v in users} for u, users in self.nx.succ.items()}
+        h._pred = {v: {u: h._succ[u][v] for u in operands} for v, operands in self.nx.pred.items()}
         g.outputs = list(self.outputs)
         g.meta = dict(self.meta)
         g._next_id = self._next_id
