@@ -428,7 +428,7 @@ def conv2d_grad_weight(g: Graph, nid: int) -> Kernel:
     if cg >= CHANNELS_LAST_MIN:
         return _grad_weight_channels_last(dy, x, nid, (n, o, ho, wo, c, h, wd, kh, kw), geo)
     (sh, _), (dh, dw), (top, _, left, _) = geo.stride, geo.dilation, geo.pad
-    mr = max(1, min(og, (REGISTERS - 2 - kw) // (kw + 1)))  # mr*kw accumulators, mr + 1 operands
+    mr = max(1, min(og, (REGISTERS - 1) // (kw + 1)))  # mr*kw accumulators, mr dy vectors and one x vector
     per_group = -(-og // mr)  # channel blocks per group (a block stays inside its group)
     rows = -(-((ho - 1) * sh + (kh - 1) * dh + 1) // sh) * sh
     # a chunk of images (a divisor of n) side by side in every row of the planes and of dy
