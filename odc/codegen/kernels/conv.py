@@ -69,7 +69,7 @@ from odc.codegen.builder import REGISTERS, VW, KernelBuilder, vec
 from odc.codegen.kernels import winograd
 from odc.codegen.kernels.copies import shifted_copy, strided_vector, transpose_copy, zero_fill
 from odc.codegen.kernels.gemm import (channels_last_tile, col_tiles, contiguous_b, conv_tile, outer_product,
-                                      store_tile)
+                                      row_tiles, store_tile)
 from odc.codegen.kernel import Kernel, lowering
 from odc.ir.graph import Graph
 from odc.ir.ops.conv import Geometry
@@ -153,18 +153,12 @@ def conv_flat(kb: KernelBuilder, planes, cin, rows, stride, dilation, weight_row
         biases = [kb.load(bias, kb.add(o0, r)) for r in range(nm)] if bias is not None else None
         store_tile(kb, accs, out, lanes, biases)
 
-    def channel_blocks(tile):
-        if m // mr:
-            with kb.loop(0, m // mr * mr, mr, name="ob") as o0:
-                tile(o0, mr)
-        if m % mr:
-            tile(m // mr * mr, m % mr)
     # the larger operand is read once, the other once per block of it: a few pixels and a
     # large weight (deep layers) take channel blocks outermost
     if m * cin * kh * kw > kw * cin * plane:
-        channel_blocks(lambda o0, nm: col_tiles(kb, n, nv_max, lambda p0, nv, lanes: block(o0, nm, p0, nv, lanes)))
+        row_tiles(kb, m, mr, lambda o0, nm: col_tiles(kb, n, nv_max, lambda p0, nv, ln: block(o0, nm, p0, nv, ln)))
     else:
-        col_tiles(kb, n, nv_max, lambda p0, nv, lanes: channel_blocks(lambda o0, nm: block(o0, nm, p0, nv, lanes)))
+        col_tiles(kb, n, nv_max, lambda p0, nv, ln: row_tiles(kb, m, mr, lambda o0, nm: block(o0, nm, p0, nv, ln)))
 
 
 def conv_chunks(kb: KernelBuilder, lo, hi, chunk, groups, copy, convolve, out, outputs, channels, ho, wo,

@@ -93,6 +93,16 @@ def col_tiles(kb: KernelBuilder, n: int, nv: int, tile) -> None:
         tile(n // width * width, -(-rest // VW), rest % VW or VW)
 
 
+def row_tiles(kb: KernelBuilder, m: int, mr: int, tile) -> None:
+    """Calls ``tile(first row, rows)`` over m rows: full blocks of mr rows in a loop, then the
+    remainder as one block."""
+    if m // mr:
+        with kb.loop(0, m // mr * mr, mr, name="ob") as r0:
+            tile(r0, mr)
+    if m % mr:
+        tile(m // mr * mr, m % mr)
+
+
 def contiguous_b(kb: KernelBuilder, ptr, lanes_last: int, nv: int):
     """A `b_load` for rows of B contiguous along the columns; masks the last partial vector."""
     mask = kb.tail_mask(lanes_last)

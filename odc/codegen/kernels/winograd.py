@@ -45,7 +45,8 @@ from llvmlite import ir
 from odc.codegen.builder import I32, VW, KernelBuilder, vec
 from odc.codegen.kernel import Kernel
 from odc.codegen.kernels.copies import shifted_copy, transpose_copy, zero_fill
-from odc.codegen.kernels.gemm import channels_last_tile, col_tiles, contiguous_b, conv_tile, outer_product, store_tile
+from odc.codegen.kernels.gemm import (channels_last_tile, col_tiles, contiguous_b, conv_tile, outer_product,
+                                      row_tiles, store_tile)
 
 MIN_CHANNELS = VW  # input and output channels (a vector's worth) from which a 3x3 convolution runs as F(2x2, 3x3)
 MAX_WEIGHT = 512 * 512  # ... and at most this many channel pairs (U is 16 floats per pair: 16 MiB per thread)
@@ -161,13 +162,7 @@ def _product(kb: KernelBuilder, u, v, m, cout: int, cin: int, tb: int, mr: int, 
                              contiguous_b(kb, kb.gep(v, p0), lanes, nv), nv)
         store_tile(kb, accs, [kb.gep(m, kb.add(kb.mul(kb.add(o0, r), tb), p0)) for r in range(nm)], lanes)
 
-    def channel_blocks(p0, nv, lanes):
-        if cout // mr:
-            with kb.loop(0, cout // mr * mr, mr, name="ob") as o0:
-                block(o0, mr, p0, nv, lanes)
-        if cout % mr:
-            block(cout // mr * mr, cout % mr, p0, nv, lanes)
-    col_tiles(kb, tb, nv_max, channel_blocks)
+    col_tiles(kb, tb, nv_max, lambda p0, nv, ln: row_tiles(kb, cout, mr, lambda o0, nm: block(o0, nm, p0, nv, ln)))
 
 
 def _output_transform(kb: KernelBuilder, m, out, ti, bias, cout: int, ho: int, wo: int, tw: int, tb: int,
@@ -276,8 +271,8 @@ def winograd_grad_weight(values, dims) -> Kernel:
                     _dy_transform(kb, kb.gep(dyp, kb.mul(kb.add(ti0, ti), 2 * dp)), kb.gep(z, kb.mul(ti, dp)), cout,
                                   2 * th * dp, cout * 2 * th * dp, dp, dp, tb, zs)
                 with kb.loop(0, 16, name="xi") as xi:
-                    _accumulate(kb, kb.gep(z, kb.mul(xi, zs)), kb.gep(v, kb.mul(xi, vs)), kb.gep(du, kb.mul(xi, cout * cin)),
-                                first, (lo, hi), cout, cin, tb, mr, nv)
+                    _accumulate(kb, kb.gep(z, kb.mul(xi, zs)), kb.gep(v, kb.mul(xi, vs)),
+                                kb.gep(du, kb.mul(xi, cout * cin)), first, (lo, hi), cout, cin, tb, mr, nv)
         _weight_gradient(kb, du, kb.ptr(dw), c_lo, c_hi, cout, cin)
 
     scratch = xt_size + dyp_size + 16 * vs + 16 * zs + du_size
@@ -335,11 +330,7 @@ def _accumulate(kb: KernelBuilder, z, v, du, first, blocks, cout: int, cin: int,
                 kb.vstore(b.fadd(before, accs[r][q]), du, at)
 
     def channel_block(c0, vecs):
-        if cout // mr:
-            with kb.loop(0, cout // mr * mr, mr, name="ob") as o0:
-                tile(o0, mr, c0, vecs)
-        if cout % mr:
-            tile(cout // mr * mr, cout % mr, c0, vecs)
+        row_tiles(kb, cout, mr, lambda o0, rows: tile(o0, rows, c0, vecs))
     width, last = nv * VW, cin % (nv * VW) // VW  # vectors of the last block, if it is shorter
     with kb.loop(lo, hi, name="cb") as cb:
         c0 = kb.mul(cb, width)
