@@ -72,11 +72,7 @@ def winograd(name: str, values, dims, src, weight, dst, bias=None) -> Kernel:
     value id or None; `name` the op's."""
     n, cin, h, w, cout, ho, wo, top, left = dims
     th, tw = -(-ho // 2), -(-wo // 2)  # tile rows and columns of an image
-    target = max(2 * VW, BLOCK_FLOATS // (16 * (cin + cout)))  # tiles of a block
-    if th * tw > target:  # a band of tile rows (a divisor of th) of one image
-        chunk, band = 1, max(d for d in range(1, th + 1) if th % d == 0 and (d == 1 or d * tw <= target))
-    else:  # whole images side by side
-        chunk, band = max(1, min(n, target // (th * tw))), th
+    chunk, band = _block(n, th, tw, cin, cout, whole=False)
     tb = chunk * band * tw  # tiles of a block: the columns of V and M
     rows, pw = 2 * th + 2, tw + 1  # the planes' rows, and the columns of one image in them
     pitch = chunk * pw
@@ -113,6 +109,19 @@ def winograd(name: str, values, dims, src, weight, dst, bias=None) -> Kernel:
     scratch = planes + u_size + v_size + 16 * ms
     values = list(values) + ([bias] if bias is not None else [])
     return Kernel(values, n, n * cout * ho * wo * cin * 9 / 48, emit, scratch * 4, names=[name])
+
+
+def _block(n: int, th: int, tw: int, cin: int, cout: int, whole: bool) -> tuple[int, int]:
+    """(images, tile rows) of a block of tiles, so that V and M (16 floats a tile per channel)
+    fill about `BLOCK_FLOATS`: a band of tile rows (a divisor of th) of one image, or whole
+    images side by side when one has fewer tiles; with `whole` their count divides n."""
+    target = max(2 * VW, BLOCK_FLOATS // (16 * (cin + cout)))  # tiles of a block
+    tiles = th * tw
+    if tiles > target:
+        return 1, max(d for d in range(1, th + 1) if th % d == 0 and (d == 1 or d * tw <= target))
+    if whole:
+        return max(k for k in range(1, n + 1) if n % k == 0 and k * tiles <= max(target, tiles)), th
+    return max(1, min(n, target // tiles)), th
 
 
 def _weight_transform(kb: KernelBuilder, weight, u, cout: int, cin: int) -> None:
@@ -225,12 +234,7 @@ def winograd_grad_weight(values, dims) -> Kernel:
     nv = max(1, min(nv, cin // VW // 2))  # two blocks of channels at least, for two threads
     width = nv * VW
     cblocks = -(-cin // width)
-    target = max(2 * VW, BLOCK_FLOATS // (16 * (cin + cout)))
-    tiles = th * tw
-    if tiles > target:
-        chunk, band = 1, max(d for d in range(1, th + 1) if th % d == 0 and (d == 1 or d * tw <= target))
-    else:  # whole images, a divisor of n: every block is full (its sums take all its tiles)
-        chunk, band = max(k for k in range(1, n + 1) if n % k == 0 and k * tiles <= max(target, tiles)), th
+    chunk, band = _block(n, th, tw, cin, cout, whole=True)  # full blocks: the sums take all their tiles
     tb = chunk * band * tw
     hp, wp = 2 * th + 2, 2 * tw + 2  # the rows and columns of a channels-last image, border included
     xt_size = chunk * hp * wp * cin
